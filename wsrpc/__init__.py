@@ -1,0 +1,57 @@
+"""
+wsrpc: typed remote procedure calls over WebSocket for asyncio.
+
+A :class:`WebSocketServer` hands each client's header to your handler through
+a :class:`WebSocketAcceptor`, which accepts the client with a provider or
+rejects it; a :class:`WebSocketConnector` is the client. Once open, each side
+calls the other's provider through ``get_driver()``, typed as the remote's
+``Protocol``.
+"""
+
+from __future__ import annotations
+
+from .codecs import MsgpackCodec
+from .connector import WebSocketConnector
+from .exceptions import (
+    ConnectError,
+    ConnectionClosedError,
+    EncodeError,
+    ProtocolError,
+    RejectedError,
+    RemoteError,
+    RpcTimeoutError,
+    StateError,
+    WsrpcError,
+)
+from .messages import CloseCode
+from .server import Handler, WebSocketAcceptor, WebSocketServer
+from .states import AcceptorState, ConnectorState, ServerState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # server.py
+    "Handler",
+    "WebSocketAcceptor",
+    "WebSocketServer",
+    # connector.py
+    "WebSocketConnector",
+    # states.py
+    "AcceptorState",
+    "ConnectorState",
+    "ServerState",
+    # messages.py
+    "CloseCode",
+    # codecs.py
+    "MsgpackCodec",
+    # exceptions.py
+    "ConnectError",
+    "ConnectionClosedError",
+    "EncodeError",
+    "ProtocolError",
+    "RejectedError",
+    "RemoteError",
+    "RpcTimeoutError",
+    "StateError",
+    "WsrpcError",
+]

@@ -1,0 +1,297 @@
+"""
+The asyncio half of an open connection: futures, tasks and the receive loop.
+
+One :class:`Communicator` runs per open connection, on either side. It owns
+
+* the futures of our outgoing calls, keyed by call id;
+* the tasks of the peer's calls that are running here, keyed by call id;
+* the receive loop, the only reader of the WebSocket.
+
+Flow control. Each side tells the other how many calls it runs at once
+(``max_concurrent_calls``) and the caller holds a semaphore of that size, so
+an honest peer never sends more calls than we run. Calls over the limit
+(from a peer that ignores it, or transiently after a cancellation) wait in a
+backlog of the same size; only when that is full does the receive loop stop
+reading, pushing back on TCP. Replies, cancellations and pings therefore keep
+flowing while this side is busy, so that calls waiting on calls to the other
+side cannot deadlock.
+
+Closing. Whoever notices first — a local :meth:`close`, a close frame, a
+dropped socket, a protocol violation — calls :meth:`_finish`, which fails
+every pending call with one :exc:`ConnectionClosedError` and cancels every
+running call. The receive loop then waits for the socket to be gone and
+resolves :meth:`join`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from .dispatch import AccessRefused, resolve
+from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
+from .messages import Call, CloseCode, Error, Return
+from .protocol import RpcProtocol
+
+__all__ = ["Communicator", "close_info"]
+
+logger = logging.getLogger("wsrpc")
+
+
+def close_info(exc: ConnectionClosed) -> tuple[int, str]:
+    """The code and reason that best explain why ``exc``'s connection closed."""
+    frame = exc.rcvd or exc.sent
+    if frame is None:
+        return CloseCode.ABNORMAL, "connection lost"
+    return frame.code, frame.reason
+
+
+class Communicator:
+    """Calls in both directions over one open WebSocket connection."""
+
+    def __init__(
+        self,
+        ws: Connection,
+        protocol: RpcProtocol,
+        provider: object,
+        *,
+        call_timeout: float | None,
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._ws = ws
+        self._protocol = protocol
+        self._provider = provider
+        self._call_timeout = call_timeout
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._backlog: deque[Call] = deque()
+        self._room = asyncio.Event()
+        peer_limit = protocol.peer_max_calls
+        self._credit = asyncio.Semaphore(peer_limit) if peer_limit is not None else None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.closed: ConnectionClosedError | None = None
+        """Why the connection closed; None while it is open."""
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._receiver = self._loop.create_task(self._receive_loop())
+
+    # -- outgoing calls ------------------------------------------------------
+
+    async def call(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """Call ``path`` on the peer and return its result. See :class:`Driver`."""
+        if self.closed is not None:
+            raise self._closed_error()
+        credit = self._credit
+        if credit is not None:
+            await credit.acquire()
+        try:
+            if self.closed is not None:
+                raise self._closed_error()
+            uid, frame = self._protocol.send_call(path, list(args), kwargs or None)
+            future = self._loop.create_future()
+            self._pending[uid] = future
+            try:
+                await self._ws.send(frame)
+                if timeout is None:
+                    timeout = self._call_timeout
+                if timeout is None:
+                    return await future
+                async with asyncio.timeout(timeout):
+                    return await future
+            except ConnectionClosed as exc:
+                # The socket closed before the receive loop noticed.
+                self._finish(ConnectionClosedError(*close_info(exc)))
+                raise self._closed_error() from None
+            except (asyncio.CancelledError, TimeoutError) as exc:
+                cancel = self._protocol.send_cancel(uid)
+                if cancel is not None and self.closed is None:
+                    self._send_in_background(cancel)
+                if isinstance(exc, TimeoutError):
+                    raise RpcTimeoutError(f"call to {path!r} timed out after {timeout} s") from None
+                raise
+            finally:
+                self._pending.pop(uid, None)
+        finally:
+            if credit is not None:
+                credit.release()
+
+    def _closed_error(self) -> ConnectionClosedError:
+        closed = self.closed
+        assert closed is not None
+        return ConnectionClosedError(closed.code, closed.reason)
+
+    def _send_in_background(self, frame: bytes | str) -> None:
+        task = self._loop.create_task(self._send_quietly(frame))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, frame: bytes | str) -> None:
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed:
+            pass  # the receive loop reports the close
+
+    # -- the receive loop ----------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        ws, protocol, pending = self._ws, self._protocol, self._pending
+        try:
+            while True:
+                frame = await ws.recv()
+                try:
+                    message = protocol.receive(frame)
+                except ProtocolError as exc:
+                    logger.info("closing connection: %s", exc)
+                    await self._abort(exc.code, exc.reason)
+                    return
+                kind = type(message)
+                if kind is Return:
+                    assert isinstance(message, Return)
+                    future = pending.pop(message.uid, None)
+                    if future is not None and not future.done():
+                        future.set_result(message.value)
+                elif kind is Call:
+                    assert isinstance(message, Call)
+                    await self._on_call(message)
+                elif kind is Error:
+                    assert isinstance(message, Error)
+                    future = pending.pop(message.uid, None)
+                    if future is not None and not future.done():
+                        future.set_exception(
+                            RemoteError(message.name, message.message, message.traceback)
+                        )
+                elif message is not None:  # Cancel
+                    self._on_cancel(message.uid)
+        except ConnectionClosed as exc:
+            self._finish(ConnectionClosedError(*close_info(exc)))
+        except Exception:  # pragma: no cover - a bug in wsrpc, not the peer's doing
+            logger.exception("unexpected error in the receive loop")
+            await self._abort(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            await self._wind_down()
+
+    async def _abort(self, code: int, reason: str) -> None:
+        self._finish(ConnectionClosedError(code, reason))
+        await self._ws.close(code, reason)
+
+    async def _wind_down(self) -> None:
+        # The socket is closing or closed: wait for it to be gone, let the
+        # cancelled calls unwind, then tell join() and the owner.
+        await self._ws.wait_closed()
+        if self.closed is None:  # the loop was cancelled from outside
+            self._finish(ConnectionClosedError(CloseCode.ABNORMAL, "connection lost"))
+        tasks = list(self._running.values()) + list(self._background)
+        if tasks:
+            await asyncio.wait(tasks)
+        if not self._done.done():
+            self._done.set_result(None)
+        self._on_closed()
+
+    # -- incoming calls ------------------------------------------------------
+
+    async def _on_call(self, call: Call) -> None:
+        try:
+            func, is_async = resolve(self._provider, call.path)
+        except AccessRefused as exc:
+            await self._ws.send(self._protocol.send_refusal(call.uid, str(exc)))
+            return
+        if not is_async:
+            # A plain function runs to completion wherever it is called, so
+            # calling it here costs no concurrency and saves a task.
+            try:
+                result = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
+            except Exception as exc:
+                frame = self._protocol.send_error(call.uid, exc)
+            else:
+                frame = self._protocol.send_return(call.uid, result)
+            await self._ws.send(frame)
+            return
+        if len(self._running) < self._protocol.max_calls:
+            self._start(call, func)
+            return
+        self._backlog.append(call)
+        if len(self._backlog) >= self._protocol.max_calls:
+            # The peer ignores our limit: stop reading until a slot frees.
+            self._room.clear()
+            await self._room.wait()
+
+    def _start(self, call: Call, func: Callable[..., Any]) -> None:
+        self._running[call.uid] = self._loop.create_task(self._run(call, func))
+
+    async def _run(self, call: Call, func: Callable[..., Any]) -> None:
+        uid = call.uid
+        try:
+            try:
+                coro = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
+                result = await coro
+            except asyncio.CancelledError:
+                self._protocol.drop_incoming(uid)
+                return
+            except Exception as exc:
+                frame = self._protocol.send_error(uid, exc)
+            else:
+                frame = self._protocol.send_return(uid, result)
+            if self.closed is None:
+                await self._ws.send(frame)
+        except (ConnectionClosed, asyncio.CancelledError):
+            pass  # the connection is going away; the receive loop reports it
+        finally:
+            del self._running[uid]
+            self._pump_backlog()
+
+    def _pump_backlog(self) -> None:
+        while self._backlog and len(self._running) < self._protocol.max_calls:
+            call = self._backlog.popleft()
+            try:
+                func, _ = resolve(self._provider, call.path)
+            except AccessRefused:  # pragma: no cover - resolved once already
+                continue
+            self._start(call, func)
+        if len(self._backlog) < self._protocol.max_calls:
+            self._room.set()
+
+    def _on_cancel(self, uid: int) -> None:
+        task = self._running.get(uid)
+        if task is not None:
+            task.cancel()
+            return
+        for call in self._backlog:
+            if call.uid == uid:
+                self._backlog.remove(call)
+                self._protocol.drop_incoming(uid)
+                return
+
+    # -- closing -------------------------------------------------------------
+
+    def _finish(self, exc: ConnectionClosedError) -> None:
+        """Fail every pending call and cancel every running one, once."""
+        if self.closed is not None:
+            return
+        self.closed = exc
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionClosedError(exc.code, exc.reason))
+        self._pending.clear()
+        for task in self._running.values():
+            task.cancel()
+        self._backlog.clear()
+        self._room.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection: pending calls fail now, then the handshake runs."""
+        self._finish(ConnectionClosedError(code, reason))
+        await self._ws.close(code, reason)
+        await asyncio.shield(self._done)
+
+    async def join(self) -> None:
+        """Wait until the connection is closed and every call has unwound."""
+        await asyncio.shield(self._done)

@@ -1,0 +1,213 @@
+"""
+Codecs: turn :mod:`wsrpc.messages` into WebSocket frames and back, sans I/O.
+
+A codec is stateless and strict. :meth:`Codec.decode` accepts only frames of
+the shapes documented in ``docs/protocol.md`` and raises
+:exc:`~wsrpc.exceptions.ProtocolError` (carrying the close code to use) for
+anything else; it never builds objects other than plain data (no pickle, no
+ext types, no classes). :meth:`Codec.encode` raises
+:exc:`~wsrpc.exceptions.EncodeError` for values it cannot represent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgpack
+
+from .exceptions import EncodeError, ProtocolError
+from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
+
+__all__ = ["PROTOCOL_VERSION", "Codec", "MsgpackCodec"]
+
+PROTOCOL_VERSION = 1
+"""Version of wsrpc's msgpack protocol, sent in the header message."""
+
+# Message kinds: the first element of every msgpack message.
+_HEADER, _ACCEPT, _CALL, _RETURN, _ERROR, _CANCEL = range(6)
+
+_MAX_UID = 2**63 - 1
+
+
+class Codec(Protocol):
+    """What the protocol core needs from a codec."""
+
+    name: str
+    """Short name, as accepted by ``codec=``."""
+    binary: bool
+    """True when frames are binary, False when they are text."""
+    supports_cancel: bool
+    """Whether :class:`~wsrpc.messages.Cancel` can be sent to the peer."""
+
+    def encode(self, message: Message) -> bytes | str:
+        """Encode ``message``; raise :exc:`EncodeError` when it cannot be."""
+        ...
+
+    def decode(self, frame: bytes | str) -> Message:
+        """Decode one frame; raise :exc:`ProtocolError` when it is not valid."""
+        ...
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"msgpack ext type {code} is not allowed")
+
+
+def _bad(what: str) -> ProtocolError:
+    return ProtocolError(CloseCode.PROTOCOL_ERROR, what)
+
+
+def _uid(value: object) -> int:
+    # bool is an int subclass: compare the exact type.
+    if type(value) is not int or not 0 < value <= _MAX_UID:
+        raise _bad("call id must be an integer in [1, 2**63)")
+    return value
+
+
+def _limit(value: object, what: str) -> int:
+    if type(value) is not int or value < 1:
+        raise _bad(f"{what} must be a positive integer")
+    return value
+
+
+class MsgpackCodec:
+    """
+    wsrpc's own codec: one msgpack array per binary frame.
+
+    Values that travel are msgpack's data model: None, bool, int (64-bit),
+    float, str, bytes, lists (tuples are sent as lists) and dicts with str
+    keys. msgpack timestamps decode to float seconds; every other ext type is
+    refused.
+
+    Args:
+        max_container_len: Most elements one array or map may declare. None
+            (the default) derives it from the frame's size, so a frame can
+            never declare more elements than it has bytes.
+    """
+
+    name = "msgpack"
+    binary = True
+    supports_cancel = True
+
+    def __init__(self, *, max_container_len: int | None = None) -> None:
+        if max_container_len is not None and max_container_len < 1:
+            raise ValueError("max_container_len must be positive")
+        self._max_container_len = max_container_len
+        self._packer = msgpack.Packer(use_bin_type=True, datetime=False)
+
+    def encode(self, message: Message) -> bytes:
+        kind = type(message)
+        obj: list[Any]
+        if kind is Call:
+            assert isinstance(message, Call)
+            obj = [_CALL, message.uid, message.path, message.args]
+            if message.kwargs:
+                obj.append(message.kwargs)
+        elif kind is Return:
+            assert isinstance(message, Return)
+            obj = [_RETURN, message.uid, message.value]
+        elif kind is Error:
+            assert isinstance(message, Error)
+            obj = [_ERROR, message.uid, message.name, message.message, message.traceback]
+        elif kind is Cancel:
+            assert isinstance(message, Cancel)
+            obj = [_CANCEL, message.uid]
+        elif kind is Header:
+            assert isinstance(message, Header)
+            obj = [
+                _HEADER,
+                PROTOCOL_VERSION,
+                message.value,
+                _limits(message.max_calls, message.max_size),
+            ]
+        elif kind is Accept:
+            assert isinstance(message, Accept)
+            obj = [_ACCEPT, _limits(message.max_calls, message.max_size)]
+        else:  # pragma: no cover - exhaustive over Message
+            raise TypeError(f"not a message: {message!r}")
+        try:
+            return self._packer.pack(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A failed pack may leave partial output in the packer's buffer.
+            self._packer.reset()
+            raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
+
+    def decode(self, frame: bytes | str) -> Message:
+        if isinstance(frame, str):
+            raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
+        limit = self._max_container_len
+        try:
+            if limit is None:
+                obj = msgpack.unpackb(
+                    frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1
+                )
+            else:
+                obj = msgpack.unpackb(
+                    frame,
+                    raw=False,
+                    strict_map_key=True,
+                    ext_hook=_refuse_ext,
+                    timestamp=1,
+                    max_array_len=limit,
+                    max_map_len=limit,
+                )
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises ValueError subclasses and others
+            raise ProtocolError(
+                CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})"
+            ) from exc
+        if type(obj) is not list or not obj:
+            raise _bad("a message must be a non-empty msgpack array")
+        kind = obj[0]
+        size = len(obj)
+        if kind == _CALL and (size == 4 or size == 5) and type(kind) is int:
+            path, args = obj[2], obj[3]
+            if type(path) is not str:
+                raise _bad("call path must be a string")
+            if type(args) is not list:
+                raise _bad("call arguments must be an array")
+            kwargs = obj[4] if size == 5 else None
+            if kwargs is not None and type(kwargs) is not dict:
+                raise _bad("call keyword arguments must be a map")
+            if kwargs is not None and not all(type(key) is str for key in kwargs):
+                raise _bad("keyword argument names must be strings")
+            return Call(_uid(obj[1]), path, args, kwargs)
+        if kind == _RETURN and size == 3 and type(kind) is int:
+            return Return(_uid(obj[1]), obj[2])
+        if kind == _ERROR and size == 5 and type(kind) is int:
+            name, text, trace = obj[2], obj[3], obj[4]
+            if type(name) is not str or type(text) is not str:
+                raise _bad("error name and message must be strings")
+            if trace is not None and type(trace) is not str:
+                raise _bad("error traceback must be a string or nil")
+            return Error(_uid(obj[1]), name, text, trace)
+        if kind == _CANCEL and size == 2 and type(kind) is int:
+            return Cancel(_uid(obj[1]))
+        if kind == _HEADER and size == 4 and type(kind) is int:
+            if obj[1] != PROTOCOL_VERSION or type(obj[1]) is not int:
+                raise _bad(f"unsupported protocol version {obj[1]!r}")
+            return Header(obj[2], *_read_limits(obj[3]))
+        if kind == _ACCEPT and size == 2 and type(kind) is int:
+            return Accept(*_read_limits(obj[1]))
+        raise _bad("unknown message kind or wrong number of fields")
+
+
+def _limits(max_calls: int | None, max_size: int | None) -> dict[str, int]:
+    limits = {}
+    if max_calls is not None:
+        limits["calls"] = max_calls
+    if max_size is not None:
+        limits["size"] = max_size
+    return limits
+
+
+def _read_limits(value: object) -> tuple[int | None, int | None]:
+    # Unknown keys are ignored so that later versions can add limits.
+    if type(value) is not dict:
+        raise _bad("limits must be a map")
+    assert isinstance(value, dict)
+    calls, size = value.get("calls"), value.get("size")
+    return (
+        None if calls is None else _limit(calls, "limits.calls"),
+        None if size is None else _limit(size, "limits.size"),
+    )

@@ -1,0 +1,235 @@
+"""The client side: :class:`WebSocketConnector`."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, cast
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from ._communicator import Communicator, close_info
+from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE, Options
+from ._util import check_close
+from .codecs import MsgpackCodec
+from .dispatch import check_provider
+from .driver import Driver
+from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
+from .messages import CloseCode
+from .protocol import RpcProtocol, Side
+from .states import ConnectorState
+
+__all__ = ["WebSocketConnector"]
+
+HeaderT = TypeVar("HeaderT")
+ProviderT = TypeVar("ProviderT")
+RemoteT = TypeVar("RemoteT")
+
+
+class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
+    """
+    A client of a wsrpc server.
+
+    Type parameters: the ``Header`` this client sends, the ``Provider`` it
+    serves to the server (for callbacks), and the ``Remote`` interface of the
+    server's provider (what :meth:`get_driver` returns).
+
+    Usage::
+
+        async with WebSocketConnector[Header, Client, Calculator](
+            {"token": token}, Client()
+        ) as connector:
+            await connector.connect(f"ws://127.0.0.1:{port}/")
+            calc = connector.get_driver()
+            print(await calc.add(1, 2))
+
+    A connector connects once; to reconnect, make a new one.
+
+    Args:
+        header: Activation data sent first; the server's handler reads it as
+            :attr:`WebSocketAcceptor.header`. Any msgpack-encodable value.
+        provider: The object whose public methods the server may call, or
+            None to serve nothing.
+        max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
+        close_timeout, compression, send_tracebacks, call_timeout: as for
+            :class:`WebSocketServer`, applied to this client's side.
+    """
+
+    def __init__(
+        self,
+        header: HeaderT,
+        provider: ProviderT | None = None,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 10.0,
+        compression: bool = False,
+        send_tracebacks: bool = False,
+        call_timeout: float | None = None,
+    ) -> None:
+        if provider is not None:
+            check_provider(provider)
+        self._header = header
+        self._provider = provider
+        self._options = Options(
+            max_message_size=max_message_size,
+            max_concurrent_calls=max_concurrent_calls,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            compression=compression,
+            send_tracebacks=send_tracebacks,
+            call_timeout=call_timeout,
+        )
+        self._state = ConnectorState.NONE
+        self._communicator: Communicator | None = None
+        self._driver: Driver | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def header(self) -> HeaderT:
+        """The header this connector sends."""
+        return self._header
+
+    @property
+    def state(self) -> ConnectorState:
+        """Where the connector stands; see :class:`ConnectorState`."""
+        return self._state
+
+    async def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
+        """
+        Open the WebSocket to ``url``, send the header and wait for the verdict.
+
+        Args:
+            url: ``ws://`` or ``wss://`` URL of a wsrpc server.
+            timeout: Seconds for the whole of it (TCP, upgrade, verdict);
+                None waits for ever.
+
+        Raises:
+            StateError: the connector was already used.
+            ConnectError: the WebSocket could not be opened.
+            RejectedError: the server rejected the header (or closed before
+                deciding); carries its close code and reason.
+            EncodeError: the header cannot be encoded.
+            RpcTimeoutError: no verdict within ``timeout``.
+        """
+        if self._state is not ConnectorState.NONE:
+            raise StateError(f"cannot connect: the connector is {self._state.value}")
+        self._state = ConnectorState.CONNECTING
+        protocol = RpcProtocol(
+            Side.CLIENT,
+            MsgpackCodec(),
+            max_calls=self._options.max_concurrent_calls,
+            max_size=self._options.max_message_size,
+            send_tracebacks=self._options.send_tracebacks,
+        )
+        ws: ClientConnection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await self._open(url)
+                await self._handshake(ws, protocol)
+        except BaseException as exc:
+            self._set_closed()
+            if ws is not None:
+                if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+                    ws.transport.abort()  # no time left for a closing handshake
+                else:
+                    await ws.close()
+            if isinstance(exc, TimeoutError):
+                raise RpcTimeoutError(f"connect to {url} timed out after {timeout} s") from None
+            raise
+        self._communicator = Communicator(
+            ws,
+            protocol,
+            self._provider,
+            call_timeout=self._options.call_timeout,
+            on_closed=self._set_closed,
+        )
+        self._state = ConnectorState.OPEN
+
+    async def _open(self, url: str) -> ClientConnection:
+        try:
+            return await connect(
+                url, open_timeout=None, **cast(Any, self._options.websockets_kwargs())
+            )
+        except (OSError, WebSocketException) as exc:
+            raise ConnectError(f"cannot open {url}: {exc}") from exc
+
+    async def _handshake(self, ws: ClientConnection, protocol: RpcProtocol) -> None:
+        try:
+            await ws.send(protocol.send_header(self._header))
+            frame = await ws.recv()
+        except ConnectionClosed as exc:
+            raise RejectedError(*close_info(exc)) from None
+        try:
+            protocol.receive_accept(frame)
+        except ProtocolError as exc:
+            await ws.close(exc.code, exc.reason)
+            raise ConnectError(f"the server broke the wsrpc protocol: {exc}") from None
+
+    def get_driver(self, *, timeout: float | None = None) -> RemoteT:
+        """
+        The proxy for the server's provider, typed as ``Remote``.
+
+        Args:
+            timeout: Seconds after which each call through this driver fails
+                with :exc:`RpcTimeoutError` (and is cancelled on the server);
+                None uses the connector's ``call_timeout``.
+
+        Raises:
+            StateError: the connector has not connected.
+        """
+        communicator = self._communicator
+        if communicator is None:
+            raise StateError(f"no driver before connect(): the connector is {self._state.value}")
+        if timeout is not None:
+            return cast(RemoteT, Driver(communicator, "", timeout))
+        if self._driver is None:
+            self._driver = Driver(communicator, "", None)
+        return cast(RemoteT, self._driver)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """
+        Close the connection; every pending call on both sides fails at once.
+
+        Idempotent. Closing a connector that never connected just marks it
+        ``CLOSED``.
+
+        Raises:
+            ValueError: the code may not be sent, or the reason is too long.
+            StateError: :meth:`connect` is in progress (cancel it instead).
+        """
+        check_close(code, reason)
+        state = self._state
+        if state is ConnectorState.CONNECTING:
+            raise StateError("cannot close while connect() is in progress; cancel it instead")
+        if state is ConnectorState.NONE:
+            self._set_closed()
+        elif state is ConnectorState.OPEN:
+            assert self._communicator is not None
+            self._state = ConnectorState.CLOSING
+            await self._communicator.close(code, reason)
+        await self.join()
+
+    async def join(self) -> None:
+        """Wait until the connection is closed and its calls have unwound."""
+        await self._closed.wait()
+
+    def _set_closed(self) -> None:
+        self._state = ConnectorState.CLOSED
+        self._closed.set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state is not ConnectorState.CONNECTING:
+            await self.close()

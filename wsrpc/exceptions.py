@@ -1,0 +1,156 @@
+"""
+Every exception wsrpc raises to its users derives from :exc:`WsrpcError`.
+
+The tree::
+
+    WsrpcError
+    ├── StateError            you called something the object's state forbids
+    │                         (also a RuntimeError)
+    ├── EncodeError           a value you passed or returned cannot go on the
+    │                         wire: unsupported type, too deep, too large
+    ├── ConnectError          the WebSocket could not be opened at all
+    ├── RejectedError         the server read your header and said no
+    ├── ConnectionClosedError a call failed because the connection closed
+    ├── RemoteError           the remote method raised, or was refused
+    ├── RpcTimeoutError       a connect or a call ran out of time
+    │                         (also the built-in TimeoutError)
+    └── ProtocolError         the peer broke the wire protocol; surfaces to
+                              users only through the close code it causes
+
+Local misuse (:exc:`StateError`, :exc:`EncodeError`) is kept apart from what
+the peer or the network did. Exceptions of ``websockets`` and ``msgpack`` are
+converted at the boundary (``raise ... from exc``) and never reach the user.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectError",
+    "ConnectionClosedError",
+    "EncodeError",
+    "ProtocolError",
+    "RejectedError",
+    "RemoteError",
+    "RpcTimeoutError",
+    "StateError",
+    "WsrpcError",
+]
+
+
+class WsrpcError(Exception):
+    """Root of every exception raised by wsrpc."""
+
+
+class StateError(WsrpcError, RuntimeError):
+    """
+    The operation is not allowed in the object's current state.
+
+    For example: accepting a client twice, calling a remote method before the
+    connection is open, or opening a server that is already open.
+    """
+
+
+class EncodeError(WsrpcError):
+    """
+    A value cannot be encoded for the wire.
+
+    Raised locally by a call whose arguments the codec cannot encode (an
+    unsupported type, nesting too deep) or whose encoded message is larger
+    than the peer accepts. A provider's return value that cannot be encoded
+    reaches the *caller* as a :exc:`RemoteError` named ``"EncodeError"``.
+    """
+
+
+class ConnectError(WsrpcError):
+    """The WebSocket connection could not be opened (refused, bad URL, HTTP error)."""
+
+
+class _CloseInfo(WsrpcError):
+    """Shared shape of the errors that carry a WebSocket close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        """The WebSocket close code (1000–4999; 1006 when no close frame came)."""
+        self.reason = reason
+        """The close reason, possibly empty."""
+        super().__init__(code, reason)
+
+    def __str__(self) -> str:
+        if self.reason:
+            return f"{self._what} (code {self.code}: {self.reason})"
+        return f"{self._what} (code {self.code})"
+
+    _what = ""
+
+
+class RejectedError(_CloseInfo):
+    """
+    :meth:`WebSocketConnector.connect` was refused by the server.
+
+    ``code`` and ``reason`` are those the server passed to
+    :meth:`WebSocketAcceptor.reject`, or the policy code wsrpc chose when the
+    server's handler failed to decide.
+    """
+
+    _what = "connection rejected by the server"
+
+
+class ConnectionClosedError(_CloseInfo):
+    """
+    A call failed because the connection is closed or is closing.
+
+    Every call pending when the connection closes fails with this error, on
+    both sides, carrying the close code and reason. A call made after the
+    close fails at once with it.
+    """
+
+    _what = "connection closed"
+
+
+class RemoteError(WsrpcError):
+    """
+    The remote side answered a call with an error.
+
+    ``name`` is the type name of the exception the remote method raised (for
+    example ``"ValueError"``), or ``"MemberAccessError"`` when the remote side
+    refused to resolve the called path. ``traceback`` is only set when the
+    remote side opted in to sending tracebacks.
+    """
+
+    def __init__(self, name: str, message: str, traceback: str | None = None) -> None:
+        self.name = name
+        """Type name of the remote exception."""
+        self.message = message
+        """The remote exception's message."""
+        self.traceback = traceback
+        """The remote traceback, when the remote side sends them; else None."""
+        super().__init__(name, message)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.message}" if self.message else self.name
+
+
+class RpcTimeoutError(WsrpcError, TimeoutError):
+    """A connect or a call did not complete in time.
+
+    A timed-out call is cancelled on the remote side too.
+    """
+
+
+class ProtocolError(WsrpcError):
+    """
+    The peer violated the wire protocol.
+
+    Raised by the sans-I/O core; the I/O layer answers it by closing the
+    connection with ``code`` (1002 protocol error, 1003 unsupported data,
+    1007 invalid payload, 1008 policy violation), so users meet it only as
+    the code of a :exc:`ConnectionClosedError`.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(code, reason)
+
+    def __str__(self) -> str:
+        return f"{self.reason} (close code {self.code})"

@@ -1,0 +1,255 @@
+"""
+The sans-I/O core of a wsrpc connection.
+
+:class:`RpcProtocol` keeps everything about one connection that is not I/O:
+the handshake phase, the call ids in flight in each direction, and the rules
+about which message may come when. It is fed frames with the ``receive*``
+methods and asked for frames with the ``send*`` methods; it never touches a
+socket, an event loop or a future, so it is tested with plain function calls.
+
+Theory of operation::
+
+    client                                  server
+    ------                                  ------
+    send_header()   ── Header ──▶           receive_header()
+                                            (the application decides)
+    receive_accept() ◀── Accept ──          send_accept()
+                     ◀── close frame ──     (rejection: no message at all)
+    ──────────────────────── open ──────────────────────────────────
+    send_call()      ── Call ──▶            receive() -> Call
+    receive() -> Return/Error ◀──           send_return() / send_error()
+    send_cancel()    ── Cancel ──▶          receive() -> Cancel
+    (and the same with the sides swapped: calls flow both ways)
+
+Call ids are chosen by the caller, one counter per direction. The core keeps
+the ids of outgoing calls awaiting a reply, so that a reply arriving after
+the caller gave up (cancelled, timed out) is dropped quietly, and the ids of
+incoming calls still running, so that a peer reusing one is caught.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from typing import Any
+
+from .codecs import Codec
+from .exceptions import EncodeError, ProtocolError, RemoteError
+from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Return
+
+__all__ = ["Phase", "RpcProtocol", "Side"]
+
+
+class Side(enum.Enum):
+    """Which end of the connection this protocol object is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Phase(enum.Enum):
+    """Where the connection stands in its life."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+
+
+class RpcProtocol:
+    """
+    The state of one wsrpc connection, without I/O.
+
+    Args:
+        side: Whether this end is the client (sends the header) or the server.
+        codec: How messages become frames.
+        max_calls: How many incoming calls this end runs at once; told to the
+            peer during the handshake so that it never sends more.
+        max_size: The largest frame this end accepts; told to the peer so that
+            it reports an oversized reply as an error instead of sending it.
+        send_tracebacks: Whether error replies carry the provider's traceback.
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        codec: Codec,
+        *,
+        max_calls: int,
+        max_size: int | None,
+        send_tracebacks: bool = False,
+    ) -> None:
+        self.side = side
+        self.codec = codec
+        self.phase = Phase.HANDSHAKE
+        self.max_calls = max_calls
+        self.max_size = max_size
+        self.send_tracebacks = send_tracebacks
+        self.peer_max_calls: int | None = None
+        """The peer's advertised concurrency limit; None until known or if never told."""
+        self.peer_max_size: int | None = None
+        """The peer's advertised frame-size limit; None until known or if never told."""
+        self.outgoing: set[int] = set()
+        """Ids of our calls still waiting for their reply."""
+        self.incoming: set[int] = set()
+        """Ids of the peer's calls we have not answered yet."""
+        self._next_uid = 1
+
+    # -- handshake -----------------------------------------------------------
+
+    def send_header(self, value: Any) -> bytes | str:
+        """Client: the first frame to send. Raises :exc:`EncodeError`."""
+        self._expect(Side.CLIENT, Phase.HANDSHAKE)
+        return self.codec.encode(Header(value, self.max_calls, self.max_size))
+
+    def receive_header(self, frame: bytes | str) -> Header:
+        """Server: read the client's first frame. Raises :exc:`ProtocolError`."""
+        self._expect(Side.SERVER, Phase.HANDSHAKE)
+        message = self.codec.decode(frame)
+        if type(message) is not Header:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "the first message must be the header")
+        self.peer_max_calls = message.max_calls
+        self.peer_max_size = message.max_size
+        return message
+
+    def send_accept(self) -> bytes | str:
+        """Server: the frame that accepts the client; the connection is then open."""
+        self._expect(Side.SERVER, Phase.HANDSHAKE)
+        self.phase = Phase.OPEN
+        return self.codec.encode(Accept(self.max_calls, self.max_size))
+
+    def receive_accept(self, frame: bytes | str) -> Accept:
+        """Client: read the server's verdict frame. Raises :exc:`ProtocolError`."""
+        self._expect(Side.CLIENT, Phase.HANDSHAKE)
+        message = self.codec.decode(frame)
+        if type(message) is not Accept:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "expected the accept message")
+        self.peer_max_calls = message.max_calls
+        self.peer_max_size = message.max_size
+        self.phase = Phase.OPEN
+        return message
+
+    def _expect(self, side: Side, phase: Phase) -> None:
+        if self.side is not side or self.phase is not phase:
+            raise RuntimeError(f"not allowed for a {self.side.value} in phase {self.phase.value}")
+
+    # -- open: sending -------------------------------------------------------
+
+    def send_call(
+        self, path: str, args: list[Any], kwargs: dict[str, Any] | None
+    ) -> tuple[int, bytes | str]:
+        """
+        Start a call: return its id and the frame to send.
+
+        Raises:
+            EncodeError: an argument cannot be encoded, or the frame would be
+                larger than the peer accepts. No id is consumed then.
+        """
+        uid = self._next_uid
+        frame = self.codec.encode(Call(uid, path, args, kwargs))
+        limit = self.peer_max_size
+        if limit is not None and len(frame) > limit:
+            raise EncodeError(
+                f"call to {path!r} encodes to {len(frame)} bytes; the peer accepts {limit}"
+            )
+        self._next_uid = uid + 1
+        self.outgoing.add(uid)
+        return uid, frame
+
+    def send_return(self, uid: int, value: Any) -> bytes | str:
+        """
+        Finish incoming call ``uid`` with ``value``.
+
+        A value that cannot be encoded, or whose frame is larger than the peer
+        accepts, becomes an ``EncodeError`` error reply instead: the caller
+        learns why and the connection survives.
+        """
+        self.incoming.discard(uid)
+        try:
+            frame = self.codec.encode(Return(uid, value))
+        except EncodeError as exc:
+            return self._encode_error(uid, "EncodeError", str(exc), None)
+        limit = self.peer_max_size
+        if limit is not None and len(frame) > limit:
+            return self._encode_error(
+                uid,
+                "EncodeError",
+                f"result is {len(frame)} bytes; the caller accepts {limit}",
+                None,
+            )
+        return frame
+
+    def send_error(self, uid: int, exc: BaseException) -> bytes | str:
+        """Finish incoming call ``uid`` with the exception it raised."""
+        self.incoming.discard(uid)
+        if isinstance(exc, RemoteError):
+            name, message = exc.name, exc.message
+        else:
+            name, message = type(exc).__name__, str(exc)
+        trace = "".join(traceback.format_exception(exc)) if self.send_tracebacks else None
+        return self._encode_error(uid, name, message, trace)
+
+    def send_refusal(self, uid: int, message: str) -> bytes | str:
+        """Finish incoming call ``uid`` as refused by the member-access rules."""
+        self.incoming.discard(uid)
+        return self._encode_error(uid, "MemberAccessError", message, None)
+
+    def _encode_error(self, uid: int, name: str, message: str, trace: str | None) -> bytes | str:
+        frame = self.codec.encode(Error(uid, name, message, trace))
+        limit = self.peer_max_size
+        if limit is not None and len(frame) > limit:
+            # Even the error is too large (a huge message or traceback): cut it.
+            frame = self.codec.encode(Error(uid, name, message[:200] + "…", None))
+        return frame
+
+    def send_cancel(self, uid: int) -> bytes | str | None:
+        """
+        Give up on outgoing call ``uid``; a late reply will be ignored.
+
+        Returns the frame that asks the peer to cancel, or None when the call
+        is already answered or the codec cannot express a cancellation.
+        """
+        if uid not in self.outgoing:
+            return None
+        self.outgoing.discard(uid)
+        if not self.codec.supports_cancel:
+            return None
+        return self.codec.encode(Cancel(uid))
+
+    def drop_incoming(self, uid: int) -> None:
+        """Forget incoming call ``uid`` without answering it (it was cancelled)."""
+        self.incoming.discard(uid)
+
+    # -- open: receiving -----------------------------------------------------
+
+    def receive(self, frame: bytes | str) -> Call | Return | Error | Cancel | None:
+        """
+        Read one frame of an open connection.
+
+        Returns the message to act on, or None for one to drop quietly (a reply
+        to a call we gave up on, a cancellation of a call already answered).
+
+        Raises:
+            ProtocolError: the frame is undecodable, is a handshake message, or
+                reuses the id of a call still running.
+        """
+        if self.phase is not Phase.OPEN:
+            raise RuntimeError("receive() before the handshake completed")
+        message = self.codec.decode(frame)
+        kind = type(message)
+        if kind is Call:
+            assert isinstance(message, Call)
+            if message.uid in self.incoming:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, f"call id {message.uid} reused while running"
+                )
+            self.incoming.add(message.uid)
+            return message
+        if kind is Return or kind is Error:
+            assert isinstance(message, (Return, Error))
+            if message.uid in self.outgoing:
+                self.outgoing.discard(message.uid)
+                return message
+            return None
+        if kind is Cancel:
+            assert isinstance(message, Cancel)
+            return message if message.uid in self.incoming else None
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unexpected {kind.__name__} message")

@@ -1,0 +1,53 @@
+"""Lifecycle states of the server, the acceptor and the connector."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["AcceptorState", "ConnectorState", "ServerState"]
+
+
+class ServerState(enum.Enum):
+    """
+    ``NONE`` ─open()─▶ ``OPENING`` ─▶ ``OPEN`` ─close()─▶ ``CLOSING`` ─▶ ``CLOSED``
+
+    A failed :meth:`~WebSocketServer.open` goes back to ``NONE``.
+    """
+
+    NONE = "none"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class AcceptorState(enum.Enum):
+    """
+    ``NONE`` (waiting for the header) ─▶ ``ACCEPTING`` (the handler decides) ─▶
+    ``OPEN`` ─▶ ``CLOSING`` ─▶ ``CLOSED``; or ``ACCEPTING`` ─reject()─▶
+    ``REJECTING`` ─▶ ``CLOSED``.
+
+    The handler only ever sees an acceptor from ``ACCEPTING`` on.
+    """
+
+    NONE = "none"
+    ACCEPTING = "accepting"
+    OPEN = "open"
+    REJECTING = "rejecting"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ConnectorState(enum.Enum):
+    """
+    ``NONE`` ─connect()─▶ ``CONNECTING`` ─▶ ``OPEN`` ─▶ ``CLOSING`` ─▶ ``CLOSED``
+
+    A failed :meth:`~WebSocketConnector.connect` ends in ``CLOSED``: a
+    connector connects once; make a new one to connect again.
+    """
+
+    NONE = "none"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
