@@ -26,9 +26,10 @@ resolves :meth:`join`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.connection import Connection
@@ -42,6 +43,11 @@ from .protocol import RpcProtocol
 __all__ = ["Communicator", "close_info"]
 
 logger = logging.getLogger("wsrpc")
+
+
+def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
+    """A function that ignores its arguments and returns ``awaitable``."""
+    return lambda *args, **kwargs: awaitable
 
 
 def close_info(exc: ConnectionClosed) -> tuple[int, str]:
@@ -62,6 +68,8 @@ class Communicator:
         provider: object,
         *,
         call_timeout: float | None,
+        ping_interval: float | None,
+        ping_timeout: float | None,
         on_closed: Callable[[], None],
     ) -> None:
         self._ws = ws
@@ -81,6 +89,9 @@ class Communicator:
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._receiver = self._loop.create_task(self._receive_loop())
+        self._keepalive: asyncio.Task[None] | None = None
+        if ping_interval is not None:
+            self._keepalive = self._loop.create_task(self._keep_alive(ping_interval, ping_timeout))
 
     # -- outgoing calls ------------------------------------------------------
 
@@ -88,6 +99,18 @@ class Communicator:
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
         """Call ``path`` on the peer and return its result. See :class:`Driver`."""
+        if timeout is None:
+            timeout = self._call_timeout
+        if timeout is None:
+            return await self._call(path, args, kwargs)
+        # The timeout covers the whole call: waiting for a slot, sending, the reply.
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._call(path, args, kwargs)
+        except TimeoutError:
+            raise RpcTimeoutError(f"call to {path!r} timed out after {timeout} s") from None
+
+    async def _call(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.closed is not None:
             raise self._closed_error()
         credit = self._credit
@@ -101,22 +124,16 @@ class Communicator:
             self._pending[uid] = future
             try:
                 await self._ws.send(frame)
-                if timeout is None:
-                    timeout = self._call_timeout
-                if timeout is None:
-                    return await future
-                async with asyncio.timeout(timeout):
-                    return await future
+                return await future
             except ConnectionClosed as exc:
                 # The socket closed before the receive loop noticed.
                 self._finish(ConnectionClosedError(*close_info(exc)))
                 raise self._closed_error() from None
-            except (asyncio.CancelledError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                # Cancelled or timed out: ask the peer to stop working on it.
                 cancel = self._protocol.send_cancel(uid)
                 if cancel is not None and self.closed is None:
                     self._send_in_background(cancel)
-                if isinstance(exc, TimeoutError):
-                    raise RpcTimeoutError(f"call to {path!r} timed out after {timeout} s") from None
                 raise
             finally:
                 self._pending.pop(uid, None)
@@ -137,6 +154,30 @@ class Communicator:
     async def _send_quietly(self, frame: bytes | str) -> None:
         try:
             await self._ws.send(frame)
+        except ConnectionClosed:
+            pass  # the receive loop reports the close
+
+    # -- keepalive -----------------------------------------------------------
+
+    async def _keep_alive(self, interval: float, timeout: float | None) -> None:
+        # wsrpc pings rather than websockets so that a silent peer fails the
+        # pending calls as soon as the pong is late, not after the closing
+        # handshake with that silent peer has timed out as well.
+        ws = self._ws
+        try:
+            while self.closed is None:
+                await asyncio.sleep(interval)
+                pong = await ws.ping()
+                if timeout is None:
+                    continue
+                try:
+                    async with asyncio.timeout(timeout):
+                        await pong
+                except TimeoutError:
+                    reason = "keepalive ping timeout"
+                    self._finish(ConnectionClosedError(CloseCode.INTERNAL_ERROR, reason))
+                    await ws.close(CloseCode.INTERNAL_ERROR, reason)
+                    return
         except ConnectionClosed:
             pass  # the receive loop reports the close
 
@@ -190,6 +231,9 @@ class Communicator:
         if self.closed is None:  # the loop was cancelled from outside
             self._finish(ConnectionClosedError(CloseCode.ABNORMAL, "connection lost"))
         tasks = list(self._running.values()) + list(self._background)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            tasks.append(self._keepalive)
         if tasks:
             await asyncio.wait(tasks)
         if not self._done.done():
@@ -212,9 +256,16 @@ class Communicator:
             except Exception as exc:
                 frame = self._protocol.send_error(call.uid, exc)
             else:
-                frame = self._protocol.send_return(call.uid, result)
-            await self._ws.send(frame)
-            return
+                if not inspect.isawaitable(result):
+                    await self._ws.send(self._protocol.send_return(call.uid, result))
+                    return
+                # A plain function that returned an awaitable (a wrapper
+                # around a coroutine function): await it like an async method.
+                func = _returning(result)
+                is_async = True
+            if not is_async:
+                await self._ws.send(frame)
+                return
         if len(self._running) < self._protocol.max_calls:
             self._start(call, func)
             return
@@ -234,8 +285,16 @@ class Communicator:
                 coro = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
                 result = await coro
             except asyncio.CancelledError:
-                self._protocol.drop_incoming(uid)
-                return
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled by the peer's Cancel or by the close: no reply.
+                    self._protocol.drop_incoming(uid)
+                    return
+                # The method raised CancelledError by itself: the caller
+                # still waits for an answer, so it gets an error.
+                frame = self._protocol.send_error(
+                    uid, RemoteError("CancelledError", "the call was cancelled")
+                )
             except Exception as exc:
                 frame = self._protocol.send_error(uid, exc)
             else:

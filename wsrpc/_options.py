@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Options"]
+__all__ = ["Options", "check_timeout"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
 DEFAULT_MAX_CONCURRENT_CALLS = 128
+
+
+def check_timeout(timeout: float | None, name: str = "timeout") -> None:
+    """Raise ValueError unless ``timeout`` is None or positive."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"{name} must be positive or None, not {timeout!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +34,25 @@ class Options:
             raise ValueError("max_message_size must be at least 64 bytes")
         if self.max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be at least 1")
-        for name in ("ping_interval", "ping_timeout", "call_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
-        if self.close_timeout <= 0:
-            raise ValueError("close_timeout must be positive")
+        check_timeout(self.ping_interval, "ping_interval")
+        check_timeout(self.ping_timeout, "ping_timeout")
+        check_timeout(self.call_timeout, "call_timeout")
+        check_timeout(self.close_timeout, "close_timeout")
 
     def websockets_kwargs(self) -> dict[str, object]:
         """Keyword arguments for websockets' ``serve()`` and ``connect()``."""
         return {
             "max_size": self.max_message_size,
-            "ping_interval": self.ping_interval,
-            "ping_timeout": self.ping_timeout,
+            # wsrpc runs its own keepalive once a connection is open.
+            "ping_interval": None,
             "close_timeout": self.close_timeout,
             "compression": "deflate" if self.compression else None,
+        }
+
+    def communicator_kwargs(self) -> dict[str, float | None]:
+        """Keyword arguments for :class:`~wsrpc._communicator.Communicator`."""
+        return {
+            "call_timeout": self.call_timeout,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
         }

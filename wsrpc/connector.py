@@ -10,9 +10,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from ._communicator import Communicator, close_info
-from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE, Options
+from ._options import (
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Options,
+    check_timeout,
+)
 from ._util import check_close
-from .codecs import MsgpackCodec
+from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
 from .driver import Driver
 from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
@@ -54,6 +59,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
         close_timeout, compression, send_tracebacks, call_timeout: as for
             :class:`WebSocketServer`, applied to this client's side.
+        codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
+            ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
+            codec object.
     """
 
     def __init__(
@@ -69,9 +77,11 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
+        codec: CodecName | Codec = "msgpack",
     ) -> None:
         if provider is not None:
             check_provider(provider)
+        self._codec = make_codec(codec)
         self._header = header
         self._provider = provider
         self._options = Options(
@@ -121,7 +131,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = ConnectorState.CONNECTING
         protocol = RpcProtocol(
             Side.CLIENT,
-            MsgpackCodec(),
+            self._codec,
             max_calls=self._options.max_concurrent_calls,
             max_size=self._options.max_message_size,
             send_tracebacks=self._options.send_tracebacks,
@@ -145,8 +155,8 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             ws,
             protocol,
             self._provider,
-            call_timeout=self._options.call_timeout,
             on_closed=self._set_closed,
+            **self._options.communicator_kwargs(),
         )
         self._state = ConnectorState.OPEN
 
@@ -186,6 +196,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         if communicator is None:
             raise StateError(f"no driver before connect(): the connector is {self._state.value}")
         if timeout is not None:
+            check_timeout(timeout)
             return cast(RemoteT, Driver(communicator, "", timeout))
         if self._driver is None:
             self._driver = Driver(communicator, "", None)

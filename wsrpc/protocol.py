@@ -143,6 +143,8 @@ class RpcProtocol:
             EncodeError: an argument cannot be encoded, or the frame would be
                 larger than the peer accepts. No id is consumed then.
         """
+        if self.phase is not Phase.OPEN:
+            raise RuntimeError("send_call() before the handshake completed")
         uid = self._next_uid
         frame = self.codec.encode(Call(uid, path, args, kwargs))
         limit = self.peer_max_size
@@ -193,11 +195,23 @@ class RpcProtocol:
         return self._encode_error(uid, "MemberAccessError", message, None)
 
     def _encode_error(self, uid: int, name: str, message: str, trace: str | None) -> bytes | str:
-        frame = self.codec.encode(Error(uid, name, message, trace))
+        try:
+            frame = self.codec.encode(Error(uid, name, message, trace))
+        except EncodeError:
+            # Only text can be at fault (lone surrogates): make it valid UTF-8.
+            name, message = _valid_text(name), _valid_text(message)
+            trace = None if trace is None else _valid_text(trace)
+            frame = self.codec.encode(Error(uid, name, message, trace))
         limit = self.peer_max_size
-        if limit is not None and len(frame) > limit:
-            # Even the error is too large (a huge message or traceback): cut it.
-            frame = self.codec.encode(Error(uid, name, message[:200] + "…", None))
+        if limit is None or len(frame) <= limit:
+            return frame
+        # Too large for the peer (a huge message or traceback): drop the
+        # traceback and cut the message to what fits. The smallest limit a
+        # peer may set (64 bytes) still fits a 32-byte name and no message.
+        name = _cut(name, 32)
+        frame = self.codec.encode(Error(uid, name, _cut(message, max(0, limit - 80)), None))
+        if len(frame) > limit:
+            frame = self.codec.encode(Error(uid, name, "", None))
         return frame
 
     def send_cancel(self, uid: int) -> bytes | str | None:
@@ -253,3 +267,15 @@ class RpcProtocol:
             assert isinstance(message, Cancel)
             return message if message.uid in self.incoming else None
         raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unexpected {kind.__name__} message")
+
+
+def _valid_text(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _cut(text: str, size: int) -> str:
+    """``text`` as valid UTF-8 of at most ``size`` bytes, cut on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= size:
+        return data.decode("utf-8")
+    return data[: max(0, size - 3)].decode("utf-8", "ignore") + "…"  # "…" is 3 bytes

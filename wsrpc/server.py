@@ -13,9 +13,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ._communicator import Communicator, close_info
-from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE, Options
+from ._options import (
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Options,
+    check_timeout,
+)
 from ._util import check_close
-from .codecs import MsgpackCodec
+from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
 from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
@@ -52,22 +57,17 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     def __init__(
         self,
         token: object,
+        server: WebSocketServer[HeaderT, ProviderT, RemoteT],
         ws: ServerConnection,
-        options: Options,
         acceptor_id: int,
     ) -> None:
         if token is not _TOKEN:
             raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
+        self._server = server
         self._ws = ws
-        self._options = options
+        self._options = server._options
         self._id = acceptor_id
-        self._protocol = RpcProtocol(
-            Side.SERVER,
-            MsgpackCodec(),
-            max_calls=options.max_concurrent_calls,
-            max_size=options.max_message_size,
-            send_tracebacks=options.send_tracebacks,
-        )
+        self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
         self._state = AcceptorState.NONE
         self._header: Any = None
         self._communicator: Communicator | None = None
@@ -124,21 +124,38 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         """
         self._expect(AcceptorState.ACCEPTING, "accept")
         check_provider(provider)
-        frame = self._protocol.send_accept()
+        protocol = self._protocol
+        assert protocol is not None
+        frame = protocol.send_accept()
         self._state = AcceptorState.OPEN
         # Created before the accept frame goes out so that get_driver() works
         # at once; its receive loop starts at the next await.
         self._communicator = Communicator(
             self._ws,
-            self._protocol,
+            protocol,
             provider,
-            call_timeout=self._options.call_timeout,
             on_closed=self._set_closed,
+            **self._options.communicator_kwargs(),
         )
         try:
             await self._ws.send(frame)
+            if protocol.codec.name == "tgrid":
+                await self._tgrid_barrier()
         except ConnectionClosed as exc:
             raise ConnectionClosedError(*close_info(exc)) from None
+
+    async def _tgrid_barrier(self) -> None:
+        # TGrid's client installs its message handler only after an await
+        # that follows the "1" frame, so a call arriving in the same TCP read
+        # as "1" is lost. A ping sent after "1" is answered while that read
+        # is parsed; once its pong is back, the client's microtasks have run
+        # and its handler is in place. Calls sent after this are safe.
+        pong = await self._ws.ping()
+        try:
+            async with asyncio.timeout(self._options.close_timeout):
+                await pong
+        except TimeoutError:
+            pass  # a silent client is for keepalive to judge, not accept()
 
     async def reject(
         self, code: int = CloseCode.POLICY_VIOLATION, reason: str = "rejected"
@@ -182,6 +199,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if communicator is None:
             raise StateError(f"no driver before accept(): the acceptor is {self._state.value}")
         if timeout is not None:
+            check_timeout(timeout)
             return cast(RemoteT, Driver(communicator, "", timeout))
         if self._driver is None:
             self._driver = Driver(communicator, "", None)
@@ -231,20 +249,31 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             self._set_closed()
             return
         self._state = AcceptorState.ACCEPTING
+        loop = asyncio.get_running_loop()
         handler_task: asyncio.Future[None] = asyncio.ensure_future(handler(self))
-        gone = asyncio.get_running_loop().create_task(self._ws.wait_closed())
+        gone = loop.create_task(self._ws.wait_closed())
         try:
             await asyncio.wait({handler_task, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not handler_task.done() and self._communicator is None:
                 # The connection is gone before the handler accepted it (the
                 # client left, or the server is closing): stop deciding.
                 handler_task.cancel()
+            if self._communicator is not None and not handler_task.done():
+                # Accepted, and the handler goes on (a loop, or join()):
+                # wait for it to end, or for the connection to end.
+                closed: asyncio.Future[Any] = loop.create_task(self._closed.wait())
+                await asyncio.wait({handler_task, closed}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+            if not handler_task.done():
+                # The connection is closed; the handler gets close_timeout to
+                # finish its own cleanup, then it is cancelled so that it can
+                # never hold up the server's close().
+                await asyncio.wait({handler_task}, timeout=self._options.close_timeout)
+                handler_task.cancel()
             await asyncio.wait({handler_task})
             await self._after_handler(handler_task)
         finally:
             gone.cancel()
-        if self._communicator is not None:
-            await self._communicator.join()
         await self._closed.wait()
 
     async def _receive_header(self, timeout: float) -> bool:
@@ -257,8 +286,15 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             return False
         except ConnectionClosed:
             return False
+        self._protocol = protocol = RpcProtocol(
+            Side.SERVER,
+            self._server._codec_for_first_frame(frame),
+            max_calls=self._options.max_concurrent_calls,
+            max_size=self._options.max_message_size,
+            send_tracebacks=self._options.send_tracebacks,
+        )
         try:
-            self._header = self._protocol.receive_header(frame).value
+            self._header = protocol.receive_header(frame).value
         except ProtocolError as exc:
             await ws.close(exc.code, f"bad header: {exc.reason}"[:120])
             return False
@@ -353,6 +389,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._handler: Handler[HeaderT, ProviderT, RemoteT] | None = None
         self._acceptors: dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = {}
         self._ids = itertools.count(1)
+        self._codecs: dict[str, Codec] = {}
         self._closed = asyncio.Event()
 
     @property
@@ -418,14 +455,22 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             await ws.close(CloseCode.GOING_AWAY, "server closing")
             return
         acceptor_id = next(self._ids)
-        acceptor = WebSocketAcceptor[HeaderT, ProviderT, RemoteT](
-            _TOKEN, ws, self._options, acceptor_id
-        )
+        acceptor = WebSocketAcceptor[HeaderT, ProviderT, RemoteT](_TOKEN, self, ws, acceptor_id)
         self._acceptors[acceptor_id] = acceptor
         try:
             await acceptor._run(self._handler, self._header_timeout)
         finally:
             del self._acceptors[acceptor_id]
+
+    def _codec_for_first_frame(self, frame: bytes | str) -> Codec:
+        # TGrid clients open with a JSON text frame, wsrpc clients with a
+        # binary msgpack frame: one server serves both on the same port.
+        # Connections share the server's codecs (all run on its loop).
+        name: CodecName = "tgrid" if isinstance(frame, str) else "msgpack"
+        codec = self._codecs.get(name)
+        if codec is None:
+            codec = self._codecs[name] = make_codec(name)
+        return codec
 
     async def close(self) -> None:
         """

@@ -1,0 +1,36 @@
+# Every check runs here exactly as CI runs it: `make test` is what .ci/run calls.
+# The first target to run creates .venv and installs wsrpc with its dev tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint format types clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/ruff check wsrpc tests examples
+	$(BIN)/mypy
+	$(BIN)/python -X dev -m pytest
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsrpc tests examples
+	$(BIN)/ruff format --check wsrpc tests examples
+
+format: $(STAMP)
+	$(BIN)/ruff format wsrpc tests examples
+	$(BIN)/ruff check --fix wsrpc tests examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""
+Shared test helpers.
+
+Every timeout in the tests is a multiple of ``UNIT`` seconds, so a slow
+machine can scale them all with ``WSRPC_TEST_UNIT=2``. Nothing synchronises
+with sleep(): tests wait on events, futures or ``join()``, bounded by these
+generous timeouts. Servers bind 127.0.0.1 on port 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+import wsrpc
+
+UNIT = float(os.environ.get("WSRPC_TEST_UNIT", "1.0"))
+"""One unit of test time, in seconds."""
+
+
+def url_of(server: wsrpc.WebSocketServer[Any, Any, Any], path: str = "/") -> str:
+    """The ws:// URL of a server opened on 127.0.0.1."""
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+AnyAcceptor = wsrpc.WebSocketAcceptor[Any, Any, Any]
+
+
+@asynccontextmanager
+async def running_server(
+    handler: Callable[[AnyAcceptor], Awaitable[None]],
+    **options: Any,
+) -> AsyncIterator[wsrpc.WebSocketServer[Any, Any, Any]]:
+    """A server on 127.0.0.1, port 0, closed on exit."""
+    server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(**options)
+    await server.open(0, handler)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def accept_with(provider: object) -> Callable[[AnyAcceptor], Awaitable[None]]:
+    """A handler that accepts every client with ``provider``."""
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(provider)
+
+    return handler
+
+
+@pytest.fixture
+def unit() -> float:
+    return UNIT
