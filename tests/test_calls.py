@@ -445,3 +445,53 @@ async def raw_client(url: str) -> AsyncIterator[ClientConnection]:
         async with asyncio.timeout(5 * UNIT):
             assert msgpack.unpackb(await ws.recv(decode=False))[0] == 1
             yield ws
+
+
+class Awkward:
+    """Providers that misbehave in ways a caller must survive."""
+
+    async def raises_cancelled(self) -> None:
+        raise asyncio.CancelledError
+
+    def wraps_coroutine(self, x: int) -> Any:
+        # A plain function that returns a coroutine (a decorator's wrapper).
+        return self._double(x)
+
+    async def _double(self, x: int) -> int:
+        return 2 * x
+
+    def bad_text(self) -> None:
+        raise ValueError("lone surrogate \ud800 in a message")
+
+    def huge_error(self) -> None:
+        raise ValueError("x" * 100_000)
+
+
+async def test_misbehaving_providers_still_answer() -> None:
+    async with connected(Awkward(), max_message_size=4096) as (_, connector):
+        driver = cast(Any, connector.get_driver())
+        with pytest.raises(wsrpc.RemoteError) as info:
+            await driver.raises_cancelled()
+        assert info.value.name == "CancelledError"
+        assert await driver.wraps_coroutine(21) == 42
+        with pytest.raises(wsrpc.RemoteError) as info:
+            await driver.bad_text()
+        assert info.value.name == "ValueError"
+        assert "lone surrogate" in info.value.message
+    async with running_server(accept_with(Awkward())) as server:
+        small: Connector = wsrpc.WebSocketConnector(None, max_message_size=256)
+        await small.connect(url_of(server), timeout=5 * UNIT)
+        with pytest.raises(wsrpc.RemoteError) as info:
+            await cast(Any, small.get_driver()).huge_error()
+        # Cut to fit the caller's limit rather than killing the connection.
+        assert info.value.name == "ValueError"
+        assert info.value.message.endswith("…")
+        assert await cast(Any, small.get_driver()).wraps_coroutine(1) == 2
+        await small.close()
+
+
+async def test_get_driver_refuses_a_non_positive_timeout() -> None:
+    async with connected(Calculator()) as (_, connector):
+        for bad in (0, -1.0):
+            with pytest.raises(ValueError):
+                connector.get_driver(timeout=bad)

@@ -215,3 +215,24 @@ async def test_async_with_closes_connector_and_server() -> None:
             assert await connector.get_driver().ping() == "pong"
         assert connector.state is ConnectorState.CLOSED
     assert server.state is ServerState.CLOSED
+
+
+async def test_handler_outliving_its_connection_is_cancelled_after_close_timeout() -> None:
+    cancelled = asyncio.Event()
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(Hold())
+        try:
+            await asyncio.Event().wait()  # a handler that never returns
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with running_server(handler, close_timeout=0.2 * UNIT) as server:
+        connector: wsrpc.WebSocketConnector[None, None, Any] = wsrpc.WebSocketConnector(None)
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        async with asyncio.timeout(5 * UNIT):
+            await connector.close()
+            await cancelled.wait()
+        async with asyncio.timeout(5 * UNIT):
+            await server.close()

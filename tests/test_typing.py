@@ -1,0 +1,113 @@
+"""
+Remote calls are type-checked: mypy --strict rejects a misspelled remote
+method and a wrong argument type, and accepts the correct program.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from mypy import api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROGRAM = textwrap.dedent(
+    """
+    from typing import Protocol, TypedDict
+
+    import wsrpc
+
+
+    class Header(TypedDict):
+        token: str
+
+
+    class ScientificRemote(Protocol):
+        async def sqrt(self, x: float) -> float: ...
+
+
+    class CalculatorRemote(Protocol):
+        scientific: ScientificRemote
+
+        async def add(self, a: int, b: int) -> int: ...
+
+
+    class ClientRemote(Protocol):
+        async def on_message(self, text: str) -> None: ...
+
+
+    class Calculator:
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+
+    async def handler(
+        acceptor: wsrpc.WebSocketAcceptor[Header, Calculator, ClientRemote],
+    ) -> None:
+        token: str = acceptor.header["token"]
+        await acceptor.accept(Calculator())
+        await acceptor.get_driver().on_message(token)
+
+
+    async def client(url: str) -> None:
+        connector = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]({"token": "t"})
+        await connector.connect(url)
+        calc = connector.get_driver()
+        total: int = await calc.add(1, 2)
+        root: float = await calc.scientific.sqrt(16.0)
+        print(total, root)
+        {extra}
+    """
+)
+
+
+def check(extra: str) -> tuple[str, int]:
+    """Type-check PROGRAM with ``extra`` appended in client(); return (report, status)."""
+    # pytest's tmp_path would also do, but a file under the project keeps
+    # mypy's cache and config (mypy_path = stubs) applicable.
+    source = PROGRAM.replace("{extra}", extra)
+    path = ROOT / "tests" / f"_typing_case_{abs(hash(extra))}.py"
+    path.write_text(source)
+    try:
+        stdout, stderr, status = api.run(
+            ["--config-file", str(ROOT / "mypy.ini"), "--no-incremental", str(path)]
+        )
+    finally:
+        path.unlink()
+    return stdout + stderr, status
+
+
+def test_correct_program_passes() -> None:
+    report, status = check("")
+    assert status == 0, report
+
+
+def test_misspelled_remote_method_is_an_error() -> None:
+    report, status = check("await calc.addd(1, 2)")
+    assert status == 1
+    assert '"CalculatorRemote" has no attribute "addd"' in report
+
+
+def test_misspelled_nested_method_is_an_error() -> None:
+    report, status = check("await calc.scientific.sqr(2.0)")
+    assert status == 1
+    assert '"ScientificRemote" has no attribute "sqr"' in report
+
+
+def test_wrong_argument_type_is_an_error() -> None:
+    report, status = check('await calc.add(1, "2")')
+    assert status == 1
+    assert 'Argument 2 to "add" of "CalculatorRemote" has incompatible type "str"' in report
+
+
+def test_wrong_result_type_is_an_error() -> None:
+    report, status = check("wrong: str = await calc.add(1, 2)")
+    assert status == 1
+    assert "incompatible types in assignment" in report.lower()
+
+
+def test_forgetting_await_is_an_error() -> None:
+    report, status = check("never: int = calc.add(1, 2)")
+    assert status == 1
+    assert "Coroutine" in report
