@@ -107,7 +107,13 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     @property
     def state(self) -> ConnectorState:
         """Where the connector stands; see :class:`ConnectorState`."""
-        return self._state
+        state = self._state
+        if state is ConnectorState.OPEN and self._communicator is not None:
+            if self._communicator.closed is not None:
+                # Closing underway (the peer closed, or a protocol error):
+                # calls already fail; the socket is still being torn down.
+                return ConnectorState.CLOSING
+        return state
 
     async def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
         """

@@ -70,7 +70,8 @@ class _CloseInfo(WsrpcError):
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
-        """The WebSocket close code (1000–4999; 1006 when no close frame came)."""
+        """The WebSocket close code: the one in the close frame (1005 if it
+        carried none), or 1006 when the connection dropped without one."""
         self.reason = reason
         """The close reason, possibly empty."""
         super().__init__(code, reason)
@@ -143,8 +144,8 @@ class ProtocolError(WsrpcError):
 
     Raised by the sans-I/O core; the I/O layer answers it by closing the
     connection with ``code`` (1002 protocol error, 1003 unsupported data,
-    1007 invalid payload, 1008 policy violation), so users meet it only as
-    the code of a :exc:`ConnectionClosedError`.
+    1007 invalid payload), so users meet it only as the code of a
+    :exc:`ConnectionClosedError` or :exc:`RejectedError`.
     """
 
     def __init__(self, code: int, reason: str) -> None:

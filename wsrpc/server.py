@@ -105,7 +105,13 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     @property
     def state(self) -> AcceptorState:
         """Where this connection stands; see :class:`AcceptorState`."""
-        return self._state
+        state = self._state
+        if state is AcceptorState.OPEN and self._communicator is not None:
+            if self._communicator.closed is not None:
+                # Closing underway (the peer closed, or a protocol error):
+                # calls already fail; the socket is still being torn down.
+                return AcceptorState.CLOSING
+        return state
 
     # -- the decision --------------------------------------------------------
 

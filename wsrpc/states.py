@@ -24,8 +24,10 @@ class ServerState(enum.Enum):
 class AcceptorState(enum.Enum):
     """
     ``NONE`` (waiting for the header) ─▶ ``ACCEPTING`` (the handler decides) ─▶
-    ``OPEN`` ─▶ ``CLOSING`` ─▶ ``CLOSED``; or ``ACCEPTING`` ─reject()─▶
-    ``REJECTING`` ─▶ ``CLOSED``.
+    ``OPEN`` ─close()─▶ ``CLOSING`` ─▶ ``CLOSED``; or ``ACCEPTING`` ─reject()─▶
+    ``REJECTING`` ─▶ ``CLOSED``. A close by the peer, a dropped connection
+    or a protocol error also pass through ``CLOSING``: from then on calls
+    fail, while the socket is torn down.
 
     The handler only ever sees an acceptor from ``ACCEPTING`` on.
     """
@@ -40,7 +42,10 @@ class AcceptorState(enum.Enum):
 
 class ConnectorState(enum.Enum):
     """
-    ``NONE`` ─connect()─▶ ``CONNECTING`` ─▶ ``OPEN`` ─▶ ``CLOSING`` ─▶ ``CLOSED``
+    ``NONE`` ─connect()─▶ ``CONNECTING`` ─▶ ``OPEN`` ─close()─▶ ``CLOSING`` ─▶
+    ``CLOSED``. A close by the server, a dropped connection or a protocol
+    error also pass through ``CLOSING``: from then on calls fail, while the
+    socket is torn down.
 
     A failed :meth:`~WebSocketConnector.connect` ends in ``CLOSED``: a
     connector connects once; make a new one to connect again.
