@@ -9,8 +9,10 @@ generous timeouts. Servers bind 127.0.0.1 on port 0.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,3 +58,32 @@ def accept_with(provider: object) -> Callable[[AnyAcceptor], Awaitable[None]]:
 @pytest.fixture
 def unit() -> float:
     return UNIT
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """
+    Fail an async test that leaves asyncio logging an error, such as a task or
+    future whose exception nobody retrieved: those are lost errors.
+    """
+    if request.node.get_closest_marker("asyncio") is None:
+        yield
+        return
+    recorder = _Recorder()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(recorder)
+    try:
+        yield
+        gc.collect()  # "never retrieved" is reported when the object dies
+    finally:
+        logger.removeHandler(recorder)
+    assert not recorder.records, [record.getMessage() for record in recorder.records]

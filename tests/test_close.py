@@ -200,6 +200,10 @@ async def test_keepalive_detects_a_frozen_peer() -> None:
         assert info.value.code == 1011
         assert "keepalive" in info.value.reason
         communicator._ws.transport.abort()
+        assert pair.client_call is not None
+        with pytest.raises(wsrpc.ConnectionClosedError):
+            async with asyncio.timeout(5 * UNIT):
+                await pair.client_call
         async with asyncio.timeout(5 * UNIT):
             await pair.connector.join()
 

@@ -127,6 +127,7 @@ class Communicator:
                 return await future
             except ConnectionClosed as exc:
                 # The socket closed before the receive loop noticed.
+                del self._pending[uid]
                 self._finish(ConnectionClosedError(*close_info(exc)))
                 raise self._closed_error() from None
             except asyncio.CancelledError:
@@ -137,6 +138,10 @@ class Communicator:
                 raise
             finally:
                 self._pending.pop(uid, None)
+                if future.done() and not future.cancelled():
+                    # Failed by a close while this call was being cancelled:
+                    # mark the error as seen so asyncio does not log it.
+                    future.exception()
         finally:
             if credit is not None:
                 credit.release()

@@ -1,0 +1,153 @@
+"""
+The examples run, finish and print what they promise.
+
+Each example runs as its own process, as a reader would run it, in
+development mode (``-X dev``) so that never-awaited coroutines, unclosed
+resources and logged errors show up on stderr, which must stay empty.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import UNIT
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str) -> list[str]:
+    """Run ``examples/<name>.py``; return its stdout lines once it exited cleanly."""
+    return run_python(str(EXAMPLES / f"{name}.py"))
+
+
+def run_python(*args: str) -> list[str]:
+    """Run Python with ``args``; return its stdout lines once it exited cleanly."""
+    env = dict(os.environ)
+    # Importable even without an installed wsrpc (the script's own directory,
+    # not the root, is first on its sys.path).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    completed = subprocess.run(
+        [sys.executable, "-X", "dev", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    return completed.stdout.splitlines()
+
+
+def assert_in_order(lines: list[str], expected: list[str]) -> None:
+    """Every expected line appears in ``lines``, in this order."""
+    position = 0
+    for line in expected:
+        assert line in lines[position:], f"{line!r} missing after line {position}:\n" + "\n".join(
+            lines
+        )
+        position = lines.index(line, position) + 1
+
+
+def test_calculator() -> None:
+    assert run_example("calculator") == [
+        "1 + 2 = 3",
+        "7 - 10 = -3",
+        "6 * 7 = 42",
+        "1 / 4 = 0.25",
+        "sqrt(16) = 4.0",
+        "pow(2, 10) = 1024.0",
+        "squares: [1, 4, 9, 16, 25]",
+        "sqrt(-1) failed remotely: ValueError: sqrt of a negative number",
+    ]
+
+
+def test_auth() -> None:
+    assert run_example("auth") == [
+        "accepted as alice, balance 42",
+        "rejected: code 4001, reason 'invalid credentials'",
+    ]
+
+
+def test_chat() -> None:
+    # The whole output: the script promises it is deterministic.
+    assert run_example("chat") == [
+        "alice joined; the room has ['alice']",
+        "bob joined; the room has ['alice', 'bob']",
+        "carol joined; the room has ['alice', 'bob', 'carol']",
+        "another bob was rejected: 'bob' is already in the room (code 4009)",
+        "alice said 'hello everyone' to 3 members",
+        "bob said 'hi alice' to 3 members",
+        "carol said 'hey both' to 3 members",
+        "carol left",
+        "bob left",
+        "alice left",
+        "--- what alice saw ---",
+        "* alice joined",
+        "* bob joined",
+        "* carol joined",
+        "<alice> hello everyone",
+        "<bob> hi alice",
+        "<carol> hey both",
+        "* carol left",
+        "* bob left",
+        "--- what bob saw ---",
+        "* bob joined",
+        "* carol joined",
+        "<alice> hello everyone",
+        "<bob> hi alice",
+        "<carol> hey both",
+        "* carol left",
+        "--- what carol saw ---",
+        "* carol joined",
+        "<alice> hello everyone",
+        "<bob> hi alice",
+        "<carol> hey both",
+    ]
+
+
+def test_demo() -> None:
+    lines = [line.strip() for line in run_example("demo")]
+    assert lines[0].startswith("wsrpc demo: a server listens on ws://127.0.0.1:")
+    assert_in_order(
+        lines,
+        [
+            "[server] client #1 sent the right token: accepting it",
+            "[client] connected",
+            "[client] calc.add(1, 2) -> 3",
+            "[client] calc.scientific.sqrt(16) -> 4.0",
+            "[client] calling calc.total([1, 2, 3])",
+            # The callbacks run while the client's call is pending: before its result.
+            "[client] server called on_progress: 1/3, subtotal 1",
+            "[client] server called on_progress: 2/3, subtotal 3",
+            "[client] server called on_progress: 3/3, subtotal 6",
+            "[client] calc.total([1, 2, 3]) -> 6",
+            "[client] calc.div(1, 0) raised RemoteError: ZeroDivisionError: division by zero",
+            "[server] client #2 sent a bad token: rejecting it with 4001",
+            "[client] rejected: code 4001, reason 'bad token'",
+            "Done: the server is closed.",
+        ],
+    )
+
+
+def test_readme_example() -> None:
+    # The README's example is the first Python block; it must run as shown.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert run_python("-c", code) == ["3", "4.0"]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+def test_every_example_is_tested(path: Path) -> None:
+    # A new example must get a test here, not just a file.
+    if path.name == "__init__.py":
+        return
+    assert f"test_{path.stem}" in globals(), f"no test for {path.name}"
