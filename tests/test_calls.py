@@ -437,6 +437,27 @@ async def test_peer_ignoring_the_limit_is_queued_not_refused() -> None:
     assert gate.most == 2
 
 
+async def test_cancel_reaches_a_call_still_in_the_backlog() -> None:
+    gate = Gate()
+    async with connected(Calculator(gate), max_concurrent_calls=2) as (server, _):
+        async with raw_client(url_of(server)) as ws:
+            # Two run, the third waits in the backlog (which holds up to two).
+            for uid in (1, 2, 3):
+                await ws.send(msgpack.packb([2, uid, "wait", [str(uid)]]))
+            async with asyncio.timeout(5 * UNIT):
+                await gate.started.wait()
+                await ws.send(msgpack.packb([5, 3]))  # cancel the third, never started
+                # A call answered after the cancel proves the cancel was read.
+                await ws.send(msgpack.packb([2, 4, "add", [1, 1]]))
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 4, 2]
+                gate.release.set()
+                replies = [msgpack.unpackb(await ws.recv(decode=False)) for _ in range(2)]
+                await ws.send(msgpack.packb([2, 5, "add", [2, 2]]))
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 5, 4]
+    assert sorted(replies) == [[3, 1, "1"], [3, 2, "2"]]
+    assert gate.most == 2
+
+
 @asynccontextmanager
 async def raw_client(url: str) -> AsyncIterator[ClientConnection]:
     """A bare websockets client that has done wsrpc's handshake by hand."""

@@ -80,7 +80,7 @@ class Communicator:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._backlog: deque[Call] = deque()
+        self._backlog: deque[tuple[Call, Callable[..., Any]]] = deque()
         self._room = asyncio.Event()
         peer_limit = protocol.peer_max_calls
         self._credit = asyncio.Semaphore(peer_limit) if peer_limit is not None else None
@@ -274,7 +274,7 @@ class Communicator:
         if len(self._running) < self._protocol.max_calls:
             self._start(call, func)
             return
-        self._backlog.append(call)
+        self._backlog.append((call, func))
         if len(self._backlog) >= self._protocol.max_calls:
             # The peer ignores our limit: stop reading until a slot frees.
             self._room.clear()
@@ -314,12 +314,7 @@ class Communicator:
 
     def _pump_backlog(self) -> None:
         while self._backlog and len(self._running) < self._protocol.max_calls:
-            call = self._backlog.popleft()
-            try:
-                func, _ = resolve(self._provider, call.path)
-            except AccessRefused:  # pragma: no cover - resolved once already
-                continue
-            self._start(call, func)
+            self._start(*self._backlog.popleft())
         if len(self._backlog) < self._protocol.max_calls:
             self._room.set()
 
@@ -328,9 +323,9 @@ class Communicator:
         if task is not None:
             task.cancel()
             return
-        for call in self._backlog:
-            if call.uid == uid:
-                self._backlog.remove(call)
+        for entry in self._backlog:
+            if entry[0].uid == uid:
+                self._backlog.remove(entry)
                 self._protocol.drop_incoming(uid)
                 return
 
