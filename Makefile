@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
+NODE_DEPS := tests/interop/node_modules/.package-lock.json
+
 .PHONY: demo test lint format types clean
 
 $(STAMP): pyproject.toml
@@ -13,10 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The TGrid interop tests run against the real tgrid package, pinned by the
+# lockfile; npm ci installs exactly that.
+$(NODE_DEPS): tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
 	$(BIN)/python -X dev -m pytest
@@ -33,4 +40,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix wsrpc tests examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache tests/interop/node_modules

@@ -11,8 +11,9 @@ message     frame
 Header      ``{"header":X}``. TGrid sends ``{}`` for an ``undefined`` header;
             it decodes to ``Header(None)``. TGrid has no limits: both are
             None.
-Accept      ``1``: the single character, TGrid's "open" state. Only this
-            exact text is an Accept; TGrid's client accepts nothing else.
+Accept      ``1``: the single character (a JSON number, not the string
+            ``"1"``), TGrid's "open" state. Only this exact text is an
+            Accept; TGrid's client accepts nothing else.
 Call        ``{"uid":1,"listener":"a.b","parameters":[{"type":"number",
             "value":1}]}``. ``type`` is JavaScript's ``typeof`` of the value
             (``"object"`` for null, lists and dicts); a receiver only reads
@@ -20,13 +21,16 @@ Call        ``{"uid":1,"listener":"a.b","parameters":[{"type":"number",
             ``value``, decodes to None. TGrid has no keyword arguments: a
             Call with ``kwargs`` cannot be encoded.
 Return      ``{"uid":1,"success":true,"value":V}``. A None result is sent
-            without ``value``, as TGrid does for ``void``; a missing
-            ``value`` decodes to None.
+            without ``value``, as TGrid does for ``void`` (so a JavaScript
+            caller sees ``undefined``, not ``null``); a missing ``value``
+            decodes to None.
 Error       ``{"uid":1,"success":false,"value":{"name":N,"message":M}}``,
             plus ``"stack"`` when the error carries a traceback. TGrid may
             send any thrown value: a non-object becomes ``Error(name="Error",
             message=...)`` with the string itself or the value's JSON as the
-            message; a missing name or message defaults to ``"Error"``/``""``.
+            message (empty when there is no value: ``throw undefined``); a
+            missing name or message defaults to ``"Error"``/``""``, and a
+            non-string one becomes its JSON.
 Cancel      not part of TGrid: never encoded (``supports_cancel`` is False).
 =========== ================================================================
 
