@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import wsrpc
 from wsrpc import AcceptorState, ConnectorState, ServerState
@@ -259,3 +259,26 @@ async def test_header_encode_error_is_raised_locally() -> None:
         with pytest.raises(wsrpc.EncodeError):
             await connector.connect(url_of(server), timeout=5 * UNIT)
         assert connector.state is ConnectorState.CLOSED
+
+
+async def test_origins_allow_list_refuses_foreign_origin_with_403() -> None:
+    called = False
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        nonlocal called
+        called = True
+        await acceptor.accept(Calculator())
+
+    async with running_server(handler, origins=["https://good.example"]) as server:
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(url_of(server), origin="https://evil.example"):  # type: ignore[arg-type]
+                pass
+        assert info.value.response.status_code == 403
+        # No Origin header at all is refused too, unless None is listed.
+        with pytest.raises(wsrpc.ConnectError):
+            await wsrpc.WebSocketConnector(None).connect(url_of(server), timeout=5 * UNIT)
+        assert not called
+        async with ws_connect(url_of(server), origin="https://good.example") as ws:  # type: ignore[arg-type]
+            await ws.send(msgpack.packb([0, 1, None, {}]))
+            assert msgpack.unpackb(await ws.recv(decode=False))[0] == 1
+        assert called

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from ._communicator import Communicator, close_info
 from ._options import (
@@ -362,6 +363,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             (default False; they reveal source code, enable for debugging).
         call_timeout: Default seconds for calls made to clients (default
             None: no limit).
+        origins: Allowed values of the ``Origin`` request header, for
+            defending browser clients against cross-site WebSocket hijacking:
+            a request with another origin gets HTTP 403 before any acceptor
+            exists. Include None to allow requests without an ``Origin``
+            (non-browser clients). Default None: any origin.
     """
 
     def __init__(
@@ -376,9 +382,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
+        origins: Sequence[str | None] | None = None,
     ) -> None:
         if header_timeout <= 0:
             raise ValueError("header_timeout must be positive")
+        self._origins = None if origins is None else [cast(Origin | None, o) for o in origins]
         self._options = Options(
             max_message_size=max_message_size,
             max_concurrent_calls=max_concurrent_calls,
@@ -447,7 +455,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._handler = handler
         try:
             self._server = await serve(
-                self._handle, host, port, **cast(Any, self._options.websockets_kwargs())
+                self._handle,
+                host,
+                port,
+                origins=self._origins,
+                **cast(Any, self._options.websockets_kwargs()),
             )
         except BaseException:
             self._state = ServerState.NONE
