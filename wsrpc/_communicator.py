@@ -126,8 +126,8 @@ class Communicator:
                 await self._ws.send(frame)
                 return await future
             except ConnectionClosed as exc:
-                # The socket closed before the receive loop noticed.
-                del self._pending[uid]
+                # The socket closed, maybe before the receive loop noticed.
+                self._pending.pop(uid, None)
                 self._finish(ConnectionClosedError(*close_info(exc)))
                 raise self._closed_error() from None
             except asyncio.CancelledError:
@@ -173,9 +173,8 @@ class Communicator:
             while self.closed is None:
                 await asyncio.sleep(interval)
                 pong = await ws.ping()
-                if timeout is None:
-                    continue
                 try:
+                    # One ping in flight at a time, even with no timeout.
                     async with asyncio.timeout(timeout):
                         await pong
                 except TimeoutError:
@@ -248,10 +247,11 @@ class Communicator:
     # -- incoming calls ------------------------------------------------------
 
     async def _on_call(self, call: Call) -> None:
+        uid = call.uid
         try:
             func, is_async = resolve(self._provider, call.path)
         except AccessRefused as exc:
-            await self._ws.send(self._protocol.send_refusal(call.uid, str(exc)))
+            await self._ws.send(self._protocol.send_refusal(uid, str(exc)))
             return
         if not is_async:
             # A plain function runs to completion wherever it is called, so
@@ -259,18 +259,14 @@ class Communicator:
             try:
                 result = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
             except Exception as exc:
-                frame = self._protocol.send_error(call.uid, exc)
-            else:
-                if not inspect.isawaitable(result):
-                    await self._ws.send(self._protocol.send_return(call.uid, result))
-                    return
-                # A plain function that returned an awaitable (a wrapper
-                # around a coroutine function): await it like an async method.
-                func = _returning(result)
-                is_async = True
-            if not is_async:
-                await self._ws.send(frame)
+                await self._ws.send(self._protocol.send_error(uid, exc))
                 return
+            if not inspect.isawaitable(result):
+                await self._ws.send(self._protocol.send_return(uid, result))
+                return
+            # A plain function that returned an awaitable (a decorator's
+            # wrapper around a coroutine function): await it in a task.
+            func = _returning(result)
         if len(self._running) < self._protocol.max_calls:
             self._start(call, func)
             return
