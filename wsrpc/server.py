@@ -317,8 +317,6 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
                 await self.reject(
                     CloseCode.POLICY_VIOLATION, "the server did not accept the connection"
                 )
-        elif self._state is AcceptorState.NONE:  # pragma: no cover - the handler never runs then
-            pass
         elif error is not None and not isinstance(error, ConnectionClosedError):
             logger.error("connection handler raised", exc_info=error)
             if self._state is AcceptorState.OPEN:
