@@ -10,6 +10,7 @@ calls the other's provider through ``get_driver()``, typed as the remote's
 
 from __future__ import annotations
 
+from .acceptor import WebSocketAcceptor
 from .codecs import MsgpackCodec
 from .connector import WebSocketConnector
 from .exceptions import (
@@ -23,21 +24,32 @@ from .exceptions import (
     StateError,
     WsrpcError,
 )
+from .groups import Group, Outcome
+from .http import HttpRequest, HttpResponse, Upgrade
 from .messages import CloseCode
-from .server import Handler, WebSocketAcceptor, WebSocketServer
-from .states import AcceptorState, ConnectorState, ServerState
+from .server import Handler, WebSocketServer
+from .states import AcceptorState, CloseInfo, ConnectorState, ServerState
 
 __version__ = "0.1.0"
 
 __all__ = [
     # server.py
     "Handler",
-    "WebSocketAcceptor",
     "WebSocketServer",
+    # acceptor.py
+    "WebSocketAcceptor",
+    # groups.py
+    "Group",
+    "Outcome",
+    # http.py
+    "HttpRequest",
+    "HttpResponse",
+    "Upgrade",
     # connector.py
     "WebSocketConnector",
     # states.py
     "AcceptorState",
+    "CloseInfo",
     "ConnectorState",
     "ServerState",
     # messages.py

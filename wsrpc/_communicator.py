@@ -39,8 +39,9 @@ from .dispatch import AccessRefused, resolve
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
 from .messages import Call, CloseCode, Error, Return
 from .protocol import RpcProtocol
+from .states import CloseInfo
 
-__all__ = ["Communicator", "close_info"]
+__all__ = ["Communicator", "close_info", "close_info_of"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -48,6 +49,18 @@ logger = logging.getLogger("wsrpc")
 def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
     """A function that ignores its arguments and returns ``awaitable``."""
     return lambda *args, **kwargs: awaitable
+
+
+def close_info_of(ws: Connection, code: int, reason: str) -> CloseInfo:
+    """How ``ws`` ended, once closed; ``code`` and ``reason`` name the cause."""
+    protocol = ws.protocol
+    received, sent = protocol.close_rcvd, protocol.close_sent
+    return CloseInfo(
+        code,
+        reason,
+        clean=received is not None and sent is not None,
+        by_peer=bool(protocol.close_rcvd_then_sent) if received is not None else sent is None,
+    )
 
 
 def close_info(exc: ConnectionClosed) -> tuple[int, str]:
@@ -70,7 +83,7 @@ class Communicator:
         call_timeout: float | None,
         ping_interval: float | None,
         ping_timeout: float | None,
-        on_closed: Callable[[], None],
+        on_closed: Callable[[CloseInfo], Awaitable[None]],
     ) -> None:
         self._ws = ws
         self._protocol = protocol
@@ -240,9 +253,11 @@ class Communicator:
             tasks.append(self._keepalive)
         if tasks:
             await asyncio.wait(tasks)
+        closed = self.closed
+        assert closed is not None
+        await self._on_closed(close_info_of(self._ws, closed.code, closed.reason))
         if not self._done.done():
             self._done.set_result(None)
-        self._on_closed()
 
     # -- incoming calls ------------------------------------------------------
 
@@ -345,8 +360,4 @@ class Communicator:
         """Close the connection: pending calls fail now, then the handshake runs."""
         self._finish(ConnectionClosedError(code, reason))
         await self._ws.close(code, reason)
-        await asyncio.shield(self._done)
-
-    async def join(self) -> None:
-        """Wait until the connection is closed and every call has unwound."""
         await asyncio.shield(self._done)

@@ -23,7 +23,7 @@ from .driver import Driver
 from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
 from .messages import CloseCode
 from .protocol import RpcProtocol, Side
-from .states import ConnectorState
+from .states import CloseInfo, ConnectorState
 
 __all__ = ["WebSocketConnector"]
 
@@ -98,6 +98,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._communicator: Communicator | None = None
         self._driver: Driver | None = None
         self._closed = asyncio.Event()
+        self._close_info: CloseInfo | None = None
 
     @property
     def header(self) -> HeaderT:
@@ -148,7 +149,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 ws = await self._open(url)
                 await self._handshake(ws, protocol)
         except BaseException as exc:
-            self._set_closed()
+            self._set_closed(_failed_connect_info(exc, ws))
             if ws is not None:
                 if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
                     ws.transport.abort()  # no time left for a closing handshake
@@ -161,7 +162,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             ws,
             protocol,
             self._provider,
-            on_closed=self._set_closed,
+            on_closed=self._on_communicator_closed,
             **self._options.communicator_kwargs(),
         )
         self._state = ConnectorState.OPEN
@@ -224,18 +225,35 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         if state is ConnectorState.CONNECTING:
             raise StateError("cannot close while connect() is in progress; cancel it instead")
         if state is ConnectorState.NONE:
-            self._set_closed()
+            self._set_closed(CloseInfo(code, reason, clean=True, by_peer=False))
         elif state is ConnectorState.OPEN:
             assert self._communicator is not None
             self._state = ConnectorState.CLOSING
             await self._communicator.close(code, reason)
         await self.join()
 
-    async def join(self) -> None:
-        """Wait until the connection is closed and its calls have unwound."""
+    async def join(self) -> CloseInfo:
+        """Wait until the connection is closed and its calls have unwound; return how it ended."""
         await self._closed.wait()
+        assert self._close_info is not None
+        return self._close_info
 
-    def _set_closed(self) -> None:
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """How the connection ended, once ``CLOSED``; None before."""
+        return self._close_info
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connector is closing or closed: calls through it fail."""
+        return self.state in (ConnectorState.CLOSING, ConnectorState.CLOSED)
+
+    async def _on_communicator_closed(self, info: CloseInfo) -> None:
+        self._set_closed(info)
+
+    def _set_closed(self, info: CloseInfo) -> None:
+        if self._close_info is None:
+            self._close_info = info
         self._state = ConnectorState.CLOSED
         self._closed.set()
 
@@ -250,3 +268,13 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     ) -> None:
         if self._state is not ConnectorState.CONNECTING:
             await self.close()
+
+
+def _failed_connect_info(exc: BaseException, ws: ClientConnection | None) -> CloseInfo:
+    """How a connector that never opened ended."""
+    if isinstance(exc, RejectedError):
+        return CloseInfo(exc.code, exc.reason, clean=True, by_peer=True)
+    if ws is not None and ws.protocol.close_sent is not None:
+        frame = ws.protocol.close_sent
+        return CloseInfo(frame.code, frame.reason, clean=False, by_peer=False)
+    return CloseInfo(CloseCode.ABNORMAL, f"connect failed: {type(exc).__name__}", False, False)

@@ -1,330 +1,53 @@
-"""The server side: :class:`WebSocketServer` and the :class:`WebSocketAcceptor` it creates."""
+"""The server: :class:`WebSocketServer`, its registry of connections, groups and hooks."""
 
 from __future__ import annotations
 
 import asyncio
+import http
+import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar, cast, final
+from typing import Any, Generic, Self, TypeVar, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
-from ._communicator import Communicator, close_info
+from ._connections import ReportingServerConnection
 from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     Options,
-    check_timeout,
 )
-from ._util import check_close
+from .acceptor import TOKEN, WebSocketAcceptor, _HeadersView, _run_hook
 from .codecs import Codec, CodecName, make_codec
-from .dispatch import check_provider
-from .driver import Driver
-from .exceptions import ConnectionClosedError, ProtocolError, StateError
+from .exceptions import StateError
+from .groups import Group, Outcome, broadcast, notify
+from .http import HttpHandler, HttpRequest, HttpResponse, Upgrade
 from .messages import CloseCode
-from .protocol import RpcProtocol, Side
-from .states import AcceptorState, ServerState
+from .states import CloseInfo, ServerState
 
-__all__ = ["Handler", "WebSocketAcceptor", "WebSocketServer"]
+__all__ = ["ConnectHook", "DisconnectHook", "Handler", "WebSocketServer"]
 
 logger = logging.getLogger("wsrpc")
 
+T = TypeVar("T")
 HeaderT = TypeVar("HeaderT")
 ProviderT = TypeVar("ProviderT")
 RemoteT = TypeVar("RemoteT")
 
-_TOKEN = object()
-
-
-@final
-class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
-    """
-    One client of a :class:`WebSocketServer`, from its header to its close.
-
-    The server creates acceptors (there is no public constructor) and passes
-    each to the handler given to :meth:`WebSocketServer.open` once the
-    client's header has arrived. The handler reads :attr:`header` and must
-    either :meth:`accept` or :meth:`reject`; if it returns or raises without
-    deciding, the client is rejected (1008, or 1011 when it raised).
-
-    Frames the client sends after its header are not read until the handler
-    has decided, so nothing is lost while it thinks.
-    """
-
-    def __init__(
-        self,
-        token: object,
-        server: WebSocketServer[HeaderT, ProviderT, RemoteT],
-        ws: ServerConnection,
-        acceptor_id: int,
-    ) -> None:
-        if token is not _TOKEN:
-            raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
-        self._server = server
-        self._ws = ws
-        self._options = server._options
-        self._id = acceptor_id
-        self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
-        self._state = AcceptorState.NONE
-        self._header: Any = None
-        self._communicator: Communicator | None = None
-        self._driver: Driver | None = None
-        self._closed = asyncio.Event()
-
-    # -- what the handler reads ----------------------------------------------
-
-    @property
-    def id(self) -> int:
-        """Identifier of this connection, unique within its server."""
-        return self._id
-
-    @property
-    def header(self) -> HeaderT:
-        """
-        The client's header, as decoded from the wire.
-
-        Its type is *not* checked at run time: it is whatever the client sent
-        (any msgpack value). Validate it before trusting it.
-        """
-        return cast(HeaderT, self._header)
-
-    @property
-    def path(self) -> str:
-        """The request target of the WebSocket upgrade: path and query string."""
-        return self._ws.request.path if self._ws.request is not None else ""
-
-    @property
-    def ip(self) -> str:
-        """The client's IP address as seen by the server."""
-        address = self._ws.remote_address
-        return str(address[0]) if address else ""
-
-    @property
-    def state(self) -> AcceptorState:
-        """Where this connection stands; see :class:`AcceptorState`."""
-        state = self._state
-        if state is AcceptorState.OPEN and self._communicator is not None:
-            if self._communicator.closed is not None:
-                # Closing underway (the peer closed, or a protocol error):
-                # calls already fail; the socket is still being torn down.
-                return AcceptorState.CLOSING
-        return state
-
-    # -- the decision --------------------------------------------------------
-
-    async def accept(self, provider: ProviderT) -> None:
-        """
-        Accept the client and serve ``provider`` to it.
-
-        After this, the client may call the provider's public methods and
-        :meth:`get_driver` calls the client's.
-
-        Raises:
-            StateError: not in the ``ACCEPTING`` state (already accepted or
-                rejected, or the client left).
-            TypeError: ``provider`` is a class or a module, not an instance.
-            ConnectionClosedError: the client left while being accepted.
-        """
-        self._expect(AcceptorState.ACCEPTING, "accept")
-        check_provider(provider)
-        protocol = self._protocol
-        assert protocol is not None
-        frame = protocol.send_accept()
-        self._state = AcceptorState.OPEN
-        # Created before the accept frame goes out so that get_driver() works
-        # at once; its receive loop starts at the next await.
-        self._communicator = Communicator(
-            self._ws,
-            protocol,
-            provider,
-            on_closed=self._set_closed,
-            **self._options.communicator_kwargs(),
-        )
-        try:
-            await self._ws.send(frame)
-            if protocol.codec.name == "tgrid":
-                await self._tgrid_barrier()
-        except ConnectionClosed as exc:
-            raise ConnectionClosedError(*close_info(exc)) from None
-
-    async def _tgrid_barrier(self) -> None:
-        # TGrid's client installs its message handler only after an await
-        # that follows the "1" frame, so a call arriving in the same TCP read
-        # as "1" is lost. A ping sent after "1" is answered while that read
-        # is parsed; once its pong is back, the client's microtasks have run
-        # and its handler is in place. Calls sent after this are safe.
-        pong = await self._ws.ping()
-        try:
-            async with asyncio.timeout(self._options.close_timeout):
-                await pong
-        except TimeoutError:
-            pass  # a silent client is for keepalive to judge, not accept()
-
-    async def reject(
-        self, code: int = CloseCode.POLICY_VIOLATION, reason: str = "rejected"
-    ) -> None:
-        """
-        Refuse the client: close the connection with ``code`` and ``reason``.
-
-        The client's :meth:`WebSocketConnector.connect` raises
-        :exc:`RejectedError` with the same code and reason. Use codes in
-        4000–4999 for the application's own reasons.
-
-        Raises:
-            StateError: not in the ``ACCEPTING`` state.
-            ValueError: the code may not be sent, or the reason is too long.
-        """
-        check_close(code, reason)
-        self._expect(AcceptorState.ACCEPTING, "reject")
-        self._state = AcceptorState.REJECTING
-        await self._ws.close(code, reason)
-        self._set_closed()
-
-    def _expect(self, state: AcceptorState, action: str) -> None:
-        if self._state is not state:
-            raise StateError(f"cannot {action}: the acceptor is {self._state.value}")
-
-    # -- once open -----------------------------------------------------------
-
-    def get_driver(self, *, timeout: float | None = None) -> RemoteT:
-        """
-        The proxy for the client's provider, typed as ``Remote``.
-
-        Args:
-            timeout: Seconds after which each call through this driver fails
-                with :exc:`RpcTimeoutError` (and is cancelled on the client);
-                None uses the server's ``call_timeout``.
-
-        Raises:
-            StateError: the client has not been accepted.
-        """
-        communicator = self._communicator
-        if communicator is None:
-            raise StateError(f"no driver before accept(): the acceptor is {self._state.value}")
-        if timeout is not None:
-            check_timeout(timeout)
-            return cast(RemoteT, Driver(communicator, "", timeout))
-        if self._driver is None:
-            self._driver = Driver(communicator, "", None)
-        return cast(RemoteT, self._driver)
-
-    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """
-        Close the connection; every pending call on both sides fails at once.
-
-        Idempotent: closing a closed acceptor waits for it to be closed.
-        Closing one that is still ``ACCEPTING`` rejects it.
-
-        Raises:
-            ValueError: the code may not be sent, or the reason is too long.
-        """
-        check_close(code, reason)
-        state = self._state
-        if state is AcceptorState.OPEN:
-            assert self._communicator is not None
-            self._state = AcceptorState.CLOSING
-            await self._communicator.close(code, reason)
-        elif state is AcceptorState.ACCEPTING:
-            await self.reject(code, reason)
-        elif state is AcceptorState.NONE:
-            await self._ws.close(code, reason)
-        await self.join()
-
-    async def join(self) -> None:
-        """Wait until the connection is closed and its calls have unwound."""
-        await self._closed.wait()
-
-    def _set_closed(self) -> None:
-        self._state = AcceptorState.CLOSED
-        self._closed.set()
-
-    def __repr__(self) -> str:
-        return f"<WebSocketAcceptor id={self._id} {self._state.value} {self.ip} {self.path!r}>"
-
-    # -- driven by the server ------------------------------------------------
-
-    async def _run(
-        self,
-        handler: Handler[HeaderT, ProviderT, RemoteT],
-        header_timeout: float,
-    ) -> None:
-        if not await self._receive_header(header_timeout):
-            self._set_closed()
-            return
-        self._state = AcceptorState.ACCEPTING
-        loop = asyncio.get_running_loop()
-        handler_task: asyncio.Future[None] = asyncio.ensure_future(handler(self))
-        gone = loop.create_task(self._ws.wait_closed())
-        try:
-            await asyncio.wait({handler_task, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not handler_task.done() and self._communicator is None:
-                # The connection is gone before the handler accepted it (the
-                # client left, or the server is closing): stop deciding.
-                handler_task.cancel()
-            if self._communicator is not None and not handler_task.done():
-                # Accepted, and the handler goes on (a loop, or join()):
-                # wait for it to end, or for the connection to end.
-                closed: asyncio.Future[Any] = loop.create_task(self._closed.wait())
-                await asyncio.wait({handler_task, closed}, return_when=asyncio.FIRST_COMPLETED)
-                closed.cancel()
-            if not handler_task.done():
-                # The connection is closed; the handler gets close_timeout to
-                # finish its own cleanup, then it is cancelled so that it can
-                # never hold up the server's close().
-                await asyncio.wait({handler_task}, timeout=self._options.close_timeout)
-                handler_task.cancel()
-            await asyncio.wait({handler_task})
-            await self._after_handler(handler_task)
-        finally:
-            gone.cancel()
-        await self._closed.wait()
-
-    async def _receive_header(self, timeout: float) -> bool:
-        ws = self._ws
-        try:
-            async with asyncio.timeout(timeout):
-                frame = await ws.recv()
-        except TimeoutError:
-            await ws.close(CloseCode.POLICY_VIOLATION, "no header received in time")
-            return False
-        except ConnectionClosed:
-            return False
-        self._protocol = protocol = RpcProtocol(
-            Side.SERVER,
-            self._server._codec_for_first_frame(frame),
-            max_calls=self._options.max_concurrent_calls,
-            max_size=self._options.max_message_size,
-            send_tracebacks=self._options.send_tracebacks,
-        )
-        try:
-            self._header = protocol.receive_header(frame).value
-        except ProtocolError as exc:
-            await ws.close(exc.code, f"bad header: {exc.reason}"[:120])
-            return False
-        return True
-
-    async def _after_handler(self, task: asyncio.Future[None]) -> None:
-        error = None if task.cancelled() else task.exception()
-        if self._state is AcceptorState.ACCEPTING:
-            if error is not None:
-                logger.error("connection handler raised before deciding", exc_info=error)
-                await self.reject(CloseCode.INTERNAL_ERROR, "internal error")
-            else:
-                await self.reject(
-                    CloseCode.POLICY_VIOLATION, "the server did not accept the connection"
-                )
-        elif error is not None and not isinstance(error, ConnectionClosedError):
-            logger.error("connection handler raised", exc_info=error)
-            if self._state is AcceptorState.OPEN:
-                await self.close(CloseCode.INTERNAL_ERROR, "internal error")
-
-
 Handler = Callable[[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]], Awaitable[None]]
 """What :meth:`WebSocketServer.open` calls for each client, once its header is in."""
+
+ConnectHook = Callable[[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]], Awaitable[None] | None]
+"""``hook(acceptor)``: a client was accepted."""
+DisconnectHook = Callable[
+    [WebSocketAcceptor[HeaderT, ProviderT, RemoteT], CloseInfo], Awaitable[None] | None
+]
+"""``hook(acceptor, info)``: an accepted client's connection is gone."""
 
 
 class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
@@ -402,6 +125,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._acceptors: dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = {}
         self._ids = itertools.count(1)
         self._codecs: dict[str, Codec] = {}
+        self._groups: dict[str, dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]] = {}
+        self._connect_hooks: list[ConnectHook[HeaderT, ProviderT, RemoteT]] = []
+        self._disconnect_hooks: list[DisconnectHook[HeaderT, ProviderT, RemoteT]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._http_handler: HttpHandler | None = None
         self._closed = asyncio.Event()
 
     @property
@@ -423,8 +151,96 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
 
     @property
     def acceptors(self) -> MappingProxyType[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]:
-        """Live connections by :attr:`WebSocketAcceptor.id` (a read-only view)."""
+        """
+        Live connections by :attr:`WebSocketAcceptor.id` (a read-only view).
+
+        A connection is listed from its upgrade (before its header, in state
+        ``NONE``) until it is closed and its close hooks have run. Store an
+        id, and look it up here later to reach that connection again: ids are
+        never reused, so an old id never finds a newer connection.
+        """
         return MappingProxyType(self._acceptors)
+
+    # -- groups and broadcast ------------------------------------------------
+
+    def group(self, name: str) -> Group[HeaderT, ProviderT, RemoteT]:
+        """The group called ``name`` (empty until connections are added to it)."""
+        return Group(self, name)
+
+    @property
+    def groups(self) -> dict[str, Group[HeaderT, ProviderT, RemoteT]]:
+        """The groups that have members, by name (a snapshot)."""
+        return {name: Group(self, name) for name in self._groups}
+
+    async def broadcast(
+        self, call: Callable[[RemoteT], Awaitable[T]], *, timeout: float | None = None
+    ) -> list[Outcome[T]]:
+        """
+        Run ``call(driver)`` for every open connection at once; return each
+        outcome. See :meth:`Group.broadcast`.
+        """
+        return await broadcast(list(self._acceptors.values()), call, timeout)
+
+    def notify(
+        self, call: Callable[[RemoteT], Awaitable[Any]], *, timeout: float | None = None
+    ) -> int:
+        """Fire and forget ``call(driver)`` to every open connection; see :meth:`Group.notify`."""
+        return notify(self, list(self._acceptors.values()), call, timeout)
+
+    def _leave(self, name: str, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
+        members = self._groups.get(name)
+        if members is not None and members.get(acceptor.id) is acceptor:
+            del members[acceptor.id]
+            if not members:
+                del self._groups[name]  # empty groups cost nothing
+        acceptor._groups.discard(name)
+
+    def _release(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
+        for name in list(acceptor._groups):
+            self._leave(name, acceptor)
+        if self._acceptors.get(acceptor.id) is acceptor:
+            del self._acceptors[acceptor.id]
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle hooks -----------------------------------------------------
+
+    def on_connect(
+        self, hook: ConnectHook[HeaderT, ProviderT, RemoteT]
+    ) -> ConnectHook[HeaderT, ProviderT, RemoteT]:
+        """
+        Register ``hook(acceptor)``, run when a client is accepted, before
+        :meth:`WebSocketAcceptor.accept` returns. Plain or async; its
+        exceptions are logged. Usable as a decorator; returns ``hook``.
+        """
+        self._connect_hooks.append(hook)
+        return hook
+
+    def on_disconnect(
+        self, hook: DisconnectHook[HeaderT, ProviderT, RemoteT]
+    ) -> DisconnectHook[HeaderT, ProviderT, RemoteT]:
+        """
+        Register ``hook(acceptor, info)``, run when an accepted client's
+        connection is gone, after its own :meth:`WebSocketAcceptor.on_closed`
+        hooks and before it leaves :attr:`acceptors` and its groups.
+        ``info.clean`` tells a graceful close from a failure. Usable as a
+        decorator; returns ``hook``.
+        """
+        self._disconnect_hooks.append(hook)
+        return hook
+
+    async def _run_connect_hooks(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
+        for hook in self._connect_hooks:
+            await _run_hook(hook, acceptor)
+
+    async def _run_disconnect_hooks(
+        self, acceptor: WebSocketAcceptor[Any, Any, Any], info: CloseInfo
+    ) -> None:
+        for hook in self._disconnect_hooks:
+            await _run_hook(hook, acceptor, info)
 
     async def open(
         self,
@@ -432,6 +248,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         handler: Handler[HeaderT, ProviderT, RemoteT],
         *,
         host: str = "127.0.0.1",
+        http_handler: HttpHandler | None = None,
     ) -> None:
         """
         Start listening on ``host``:``port`` and serve each client with ``handler``.
@@ -442,6 +259,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 once its header has arrived; it must accept or reject it.
             host: Interface to bind. The default is loopback only; pass
                 ``"0.0.0.0"`` or ``"::"`` to serve other machines.
+            http_handler: Sees every HTTP request before the upgrade and may
+                answer it or add headers to the upgrade (see :mod:`wsrpc.http`).
 
         Raises:
             StateError: the server is not in the ``NONE`` state.
@@ -451,18 +270,41 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             raise StateError(f"cannot open: the server is {self._state.value}")
         self._state = ServerState.OPENING
         self._handler = handler
+        self._http_handler = http_handler
         try:
             self._server = await serve(
                 self._handle,
                 host,
                 port,
                 origins=self._origins,
+                create_connection=ReportingServerConnection,
+                process_request=self._process_request if http_handler is not None else None,
+                process_response=self._process_response if http_handler is not None else None,
                 **cast(Any, self._options.websockets_kwargs()),
             )
         except BaseException:
             self._state = ServerState.NONE
             raise
         self._state = ServerState.OPEN
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        assert self._http_handler is not None
+        answer = self._http_handler(HttpRequest(request.path, _HeadersView(request.headers)))
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if isinstance(answer, Upgrade):
+            ws.wsrpc_upgrade_headers = answer.headers  # type: ignore[attr-defined]
+            return None
+        if isinstance(answer, HttpResponse):
+            return _response(answer)
+        return None
+
+    def _process_response(
+        self, ws: ServerConnection, request: Request, response: Response
+    ) -> Response | None:
+        for name, value in getattr(ws, "wsrpc_upgrade_headers", ()):
+            response.headers[name] = value  # appends: several Set-Cookie are fine
+        return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self._handler is not None
@@ -471,12 +313,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             await ws.close(CloseCode.GOING_AWAY, "server closing")
             return
         acceptor_id = next(self._ids)
-        acceptor = WebSocketAcceptor[HeaderT, ProviderT, RemoteT](_TOKEN, self, ws, acceptor_id)
+        assert isinstance(ws, ReportingServerConnection)
+        acceptor = WebSocketAcceptor[HeaderT, ProviderT, RemoteT](TOKEN, self, ws, acceptor_id)
         self._acceptors[acceptor_id] = acceptor
         try:
             await acceptor._run(self._handler, self._header_timeout)
         finally:
-            del self._acceptors[acceptor_id]
+            self._release(acceptor)
 
     def _codec_for_first_frame(self, frame: bytes | str) -> Codec:
         # TGrid clients open with a JSON text frame, wsrpc clients with a
@@ -514,6 +357,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                     return_exceptions=True,
                 )
             await server.wait_closed()
+            if self._tasks:  # notifications still running
+                await asyncio.wait(list(self._tasks))
         finally:
             self._state = ServerState.CLOSED
             self._closed.set()
@@ -528,3 +373,18 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _response(answer: HttpResponse) -> Response:
+    headers = Headers(answer.headers)
+    body = answer.body
+    if isinstance(body, str):
+        body = body.encode()
+        if "Content-Type" not in headers:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+    headers["Content-Length"] = str(len(body))
+    try:
+        phrase = http.HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = ""
+    return Response(answer.status, phrase, headers, body)

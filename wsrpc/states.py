@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
-__all__ = ["AcceptorState", "ConnectorState", "ServerState"]
+__all__ = ["AcceptorState", "CloseInfo", "ConnectorState", "ServerState"]
 
 
 class ServerState(enum.Enum):
@@ -56,3 +57,21 @@ class ConnectorState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """How a connection ended; what :meth:`join` returns and close hooks receive."""
+
+    code: int
+    """The close code that explains the end (1006 when the connection dropped)."""
+    reason: str
+    """The close reason, possibly empty."""
+    clean: bool
+    """True when the closing handshake completed (both close frames went
+    through): a graceful close, whatever the code. False for a failure: the
+    connection dropped, a keepalive ping went unanswered, the peer never
+    answered our close frame."""
+    by_peer: bool
+    """True when the peer started the close (its close frame came first, or
+    the connection dropped); False when this side did."""

@@ -1,0 +1,46 @@
+"""
+websockets connections that tell wsrpc when the peer's close frame arrives.
+
+websockets reports a close only once the TCP connection is gone; a close
+frame that has arrived while the socket is still open is invisible to
+``recv()``. These subclasses, passed to websockets as ``create_connection``,
+call :attr:`on_close_frame` as soon as the peer's close frame is parsed, so
+that :meth:`WebSocketAcceptor.on_close_request` hooks can run then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
+
+__all__ = ["ReportingClientConnection", "ReportingServerConnection"]
+
+CloseFrameCallback = Callable[[int, str], None]
+
+
+def _report(connection: ServerConnection | ClientConnection, event: Event) -> None:
+    callback: CloseFrameCallback | None = getattr(connection, "on_close_frame", None)
+    if callback is not None and isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+        close = connection.protocol.close_rcvd
+        if close is not None:
+            callback(close.code, close.reason)
+
+
+class ReportingServerConnection(ServerConnection):
+    on_close_frame: CloseFrameCallback | None = None
+
+    def process_event(self, event: Event) -> None:
+        super().process_event(event)
+        _report(self, event)
+
+
+class ReportingClientConnection(ClientConnection):
+    on_close_frame: CloseFrameCallback | None = None
+
+    def process_event(self, event: Event) -> None:
+        super().process_event(event)
+        _report(self, event)

@@ -1,0 +1,478 @@
+"""The server's side of one connection: :class:`WebSocketAcceptor`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
+
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+
+from ._communicator import Communicator, close_info, close_info_of
+from ._connections import ReportingServerConnection
+from ._options import check_timeout
+from ._util import check_close
+from .dispatch import check_provider
+from .driver import Driver
+from .exceptions import ConnectionClosedError, ProtocolError, StateError
+from .messages import CloseCode
+from .protocol import RpcProtocol, Side
+from .states import AcceptorState, CloseInfo
+
+if TYPE_CHECKING:
+    from .server import Handler, WebSocketServer
+
+__all__ = ["ClosedHook", "CloseRequestHook", "WebSocketAcceptor"]
+
+logger = logging.getLogger("wsrpc")
+
+HeaderT = TypeVar("HeaderT")
+ProviderT = TypeVar("ProviderT")
+RemoteT = TypeVar("RemoteT")
+AcceptorT = TypeVar("AcceptorT")
+
+CloseRequestHook = Callable[[int, str], Awaitable[None] | None]
+"""``hook(code, reason)``: the peer's close frame arrived."""
+ClosedHook = Callable[[AcceptorT, CloseInfo], Awaitable[None] | None]
+"""``hook(acceptor, info)``: the connection is gone."""
+
+TOKEN = object()
+"""Proof that the server, not a user, creates an acceptor."""
+
+
+async def _run_hook(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+    """Run a user's hook, plain or async; log what it raises."""
+    try:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("error in hook %r", hook)
+
+
+_hook_tasks: set[asyncio.Task[None]] = set()
+
+
+def _call_soon(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+    """Run a hook from a synchronous context (a websockets callback)."""
+    task = asyncio.get_running_loop().create_task(_run_hook(hook, *args))
+    _hook_tasks.add(task)
+    task.add_done_callback(_hook_tasks.discard)
+
+
+class _HeadersView(Mapping[str, str]):
+    """A read-only, case-insensitive view of websockets' Headers."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return f"<headers {dict(self)!r}>"
+
+
+@final
+class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
+    """
+    One client of a :class:`WebSocketServer`, from its header to its close.
+
+    The server creates acceptors (there is no public constructor) and passes
+    each to the handler given to :meth:`WebSocketServer.open` once the
+    client's header has arrived. The handler reads :attr:`header` and must
+    either :meth:`accept` or :meth:`reject`; if it returns or raises without
+    deciding, the client is rejected (1008, or 1011 when it raised).
+
+    Frames the client sends after its header are not read until the handler
+    has decided, so nothing is lost while it thinks.
+    """
+
+    def __init__(
+        self,
+        token: object,
+        server: WebSocketServer[HeaderT, ProviderT, RemoteT],
+        ws: ReportingServerConnection,
+        acceptor_id: int,
+    ) -> None:
+        if token is not TOKEN:
+            raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
+        self._server = server
+        self._ws = ws
+        self._options = server._options
+        self._id = acceptor_id
+        self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
+        self._state = AcceptorState.NONE
+        self._header: Any = None
+        self._communicator: Communicator | None = None
+        self._driver: Driver | None = None
+        self._closed = asyncio.Event()
+        self._close_info: CloseInfo | None = None
+        self._close_request_hooks: list[CloseRequestHook] = []
+        self._closed_hooks: list[ClosedHook[Self]] = []
+        self._in_close_hooks = False
+        self._groups: set[str] = set()
+        ws.on_close_frame = self._on_close_frame
+
+    # -- what the handler reads ----------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """Identifier of this connection, unique within its server."""
+        return self._id
+
+    @property
+    def header(self) -> HeaderT:
+        """
+        The client's header, as decoded from the wire.
+
+        Its type is *not* checked at run time: it is whatever the client sent
+        (any msgpack value). Validate it before trusting it.
+        """
+        return cast(HeaderT, self._header)
+
+    @property
+    def path(self) -> str:
+        """The request target of the WebSocket upgrade: path and query string."""
+        return self._ws.request.path if self._ws.request is not None else ""
+
+    @property
+    def ip(self) -> str:
+        """The client's IP address as seen by the server."""
+        address = self._ws.remote_address
+        return str(address[0]) if address else ""
+
+    @property
+    def request_headers(self) -> Mapping[str, str]:
+        """
+        The HTTP headers of the upgrade request (read-only, case-insensitive).
+
+        A header sent several times reads as its values joined with ``", "``;
+        ``request_headers.get_all(name)`` is not offered: use
+        :attr:`request_header_list` for the raw pairs.
+        """
+        request = self._ws.request
+        if request is None:  # pragma: no cover - acceptors exist after the upgrade
+            return MappingProxyType({})
+        return _HeadersView(request.headers)
+
+    @property
+    def request_header_list(self) -> list[tuple[str, str]]:
+        """The upgrade request's headers as (name, value) pairs, in order."""
+        request = self._ws.request
+        return list(request.headers.raw_items()) if request is not None else []
+
+    @property
+    def is_closed(self) -> bool:
+        """
+        Whether the connection is closing or closed: calls through it fail.
+
+        Cheap to call, from the event loop's thread; true from the moment the
+        close begins, either side, so that nothing is sent to a dead client.
+        """
+        return self.state in (
+            AcceptorState.CLOSING,
+            AcceptorState.REJECTING,
+            AcceptorState.CLOSED,
+        )
+
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """How the connection ended, once it is ``CLOSED``; None before."""
+        return self._close_info
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """Names of the groups this connection belongs to (see :meth:`WebSocketServer.group`)."""
+        return frozenset(self._groups)
+
+    @property
+    def state(self) -> AcceptorState:
+        """Where this connection stands; see :class:`AcceptorState`."""
+        state = self._state
+        if state is AcceptorState.OPEN and self._communicator is not None:
+            if self._communicator.closed is not None:
+                # Closing underway (the peer closed, or a protocol error):
+                # calls already fail; the socket is still being torn down.
+                return AcceptorState.CLOSING
+        return state
+
+    # -- the decision --------------------------------------------------------
+
+    async def accept(self, provider: ProviderT) -> None:
+        """
+        Accept the client and serve ``provider`` to it.
+
+        After this, the client may call the provider's public methods and
+        :meth:`get_driver` calls the client's.
+
+        Raises:
+            StateError: not in the ``ACCEPTING`` state (already accepted or
+                rejected, or the client left).
+            TypeError: ``provider`` is a class or a module, not an instance.
+            ConnectionClosedError: the client left while being accepted.
+        """
+        self._expect(AcceptorState.ACCEPTING, "accept")
+        check_provider(provider)
+        protocol = self._protocol
+        assert protocol is not None
+        frame = protocol.send_accept()
+        self._state = AcceptorState.OPEN
+        # Created before the accept frame goes out so that get_driver() works
+        # at once; its receive loop starts at the next await.
+        self._communicator = Communicator(
+            self._ws,
+            protocol,
+            provider,
+            on_closed=self._on_communicator_closed,
+            **self._options.communicator_kwargs(),
+        )
+        try:
+            await self._ws.send(frame)
+            if protocol.codec.name == "tgrid":
+                await self._tgrid_barrier()
+        except ConnectionClosed as exc:
+            raise ConnectionClosedError(*close_info(exc)) from None
+        await self._server._run_connect_hooks(self)
+
+    async def _tgrid_barrier(self) -> None:
+        # TGrid's client installs its message handler only after an await
+        # that follows the "1" frame, so a call arriving in the same TCP read
+        # as "1" is lost. A ping sent after "1" is answered while that read
+        # is parsed; once its pong is back, the client's microtasks have run
+        # and its handler is in place. Calls sent after this are safe.
+        pong = await self._ws.ping()
+        try:
+            async with asyncio.timeout(self._options.close_timeout):
+                await pong
+        except TimeoutError:
+            pass  # a silent client is for keepalive to judge, not accept()
+
+    async def reject(
+        self, code: int = CloseCode.POLICY_VIOLATION, reason: str = "rejected"
+    ) -> None:
+        """
+        Refuse the client: close the connection with ``code`` and ``reason``.
+
+        The client's :meth:`WebSocketConnector.connect` raises
+        :exc:`RejectedError` with the same code and reason. Use codes in
+        4000–4999 for the application's own reasons.
+
+        Raises:
+            StateError: not in the ``ACCEPTING`` state.
+            ValueError: the code may not be sent, or the reason is too long.
+        """
+        check_close(code, reason)
+        self._expect(AcceptorState.ACCEPTING, "reject")
+        self._state = AcceptorState.REJECTING
+        await self._ws.close(code, reason)
+        await self._set_closed(close_info_of(self._ws, code, reason))
+
+    def _expect(self, state: AcceptorState, action: str) -> None:
+        if self._state is not state:
+            raise StateError(f"cannot {action}: the acceptor is {self._state.value}")
+
+    # -- once open -----------------------------------------------------------
+
+    def get_driver(self, *, timeout: float | None = None) -> RemoteT:
+        """
+        The proxy for the client's provider, typed as ``Remote``.
+
+        Args:
+            timeout: Seconds after which each call through this driver fails
+                with :exc:`RpcTimeoutError` (and is cancelled on the client);
+                None uses the server's ``call_timeout``.
+
+        Raises:
+            StateError: the client has not been accepted.
+        """
+        communicator = self._communicator
+        if communicator is None:
+            raise StateError(f"no driver before accept(): the acceptor is {self._state.value}")
+        if timeout is not None:
+            check_timeout(timeout)
+            return cast(RemoteT, Driver(communicator, "", timeout))
+        if self._driver is None:
+            self._driver = Driver(communicator, "", None)
+        return cast(RemoteT, self._driver)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """
+        Close the connection; every pending call on both sides fails at once.
+
+        Idempotent: closing a closed acceptor waits for it to be closed.
+        Closing one that is still ``ACCEPTING`` rejects it.
+
+        Raises:
+            ValueError: the code may not be sent, or the reason is too long.
+        """
+        check_close(code, reason)
+        if self._in_close_hooks:
+            return  # closing already; waiting here would wait for ourselves
+        state = self._state
+        if state is AcceptorState.OPEN:
+            assert self._communicator is not None
+            self._state = AcceptorState.CLOSING
+            await self._communicator.close(code, reason)
+        elif state is AcceptorState.ACCEPTING:
+            await self.reject(code, reason)
+        elif state is AcceptorState.NONE:
+            await self._ws.close(code, reason)
+        await self.join()
+
+    async def join(self) -> CloseInfo:
+        """
+        Wait until the connection is closed, its calls have unwound and its
+        close hooks have run; return how it ended.
+        """
+        await self._closed.wait()
+        assert self._close_info is not None
+        return self._close_info
+
+    # -- lifecycle hooks -----------------------------------------------------
+
+    def on_close_request(self, hook: CloseRequestHook) -> CloseRequestHook:
+        """
+        Register ``hook(code, reason)``, called when the client's close frame
+        arrives: the client asked to close, the socket is still open.
+
+        Not called when the connection drops without a close frame, nor when
+        the server closes first. May be a plain or an async function (an async
+        one runs in a task of its own). Usable as a decorator; returns ``hook``.
+        """
+        self._close_request_hooks.append(hook)
+        return hook
+
+    def on_closed(self, hook: ClosedHook[Self]) -> ClosedHook[Self]:
+        """
+        Register ``hook(acceptor, info)``, called once the connection is gone.
+
+        ``info.clean`` tells a graceful close (the closing handshake completed)
+        from a failure (dropped, keepalive timeout). Hooks run after every
+        pending call has failed and before the connection is released: it is
+        still in :attr:`WebSocketServer.acceptors` and in its groups, and
+        :meth:`join` has not returned. Calls through it fail. A hook may be
+        plain or async; its exceptions are logged. Usable as a decorator.
+        """
+        self._closed_hooks.append(hook)
+        return hook
+
+    def _on_close_frame(self, code: int, reason: str) -> None:
+        for hook in self._close_request_hooks:
+            _call_soon(hook, code, reason)
+
+    async def _on_communicator_closed(self, info: CloseInfo) -> None:
+        await self._set_closed(info)
+
+    async def _set_closed(self, info: CloseInfo) -> None:
+        if self._closed.is_set():
+            return
+        self._close_info = info
+        self._in_close_hooks = True
+        try:
+            for hook in self._closed_hooks:
+                await _run_hook(hook, self, info)
+            if self._communicator is not None:  # it was open: the server's hooks too
+                await self._server._run_disconnect_hooks(self, info)
+        finally:
+            self._in_close_hooks = False
+        self._server._release(self)
+        self._state = AcceptorState.CLOSED
+        self._closed.set()
+
+    def __repr__(self) -> str:
+        return f"<WebSocketAcceptor id={self._id} {self._state.value} {self.ip} {self.path!r}>"
+
+    # -- driven by the server ------------------------------------------------
+
+    async def _run(
+        self,
+        handler: Handler[HeaderT, ProviderT, RemoteT],
+        header_timeout: float,
+    ) -> None:
+        if not await self._receive_header(header_timeout):
+            frame = self._ws.protocol.close_sent or self._ws.protocol.close_rcvd
+            code, reason = (frame.code, frame.reason) if frame else (CloseCode.ABNORMAL, "")
+            await self._set_closed(close_info_of(self._ws, code, reason))
+            return
+        self._state = AcceptorState.ACCEPTING
+        loop = asyncio.get_running_loop()
+        handler_task: asyncio.Future[None] = asyncio.ensure_future(handler(self))
+        gone = loop.create_task(self._ws.wait_closed())
+        try:
+            await asyncio.wait({handler_task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler_task.done() and self._communicator is None:
+                # The connection is gone before the handler accepted it (the
+                # client left, or the server is closing): stop deciding.
+                handler_task.cancel()
+            if self._communicator is not None and not handler_task.done():
+                # Accepted, and the handler goes on (a loop, or join()):
+                # wait for it to end, or for the connection to end.
+                closed: asyncio.Future[Any] = loop.create_task(self._closed.wait())
+                await asyncio.wait({handler_task, closed}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+            if not handler_task.done():
+                # The connection is closed; the handler gets close_timeout to
+                # finish its own cleanup, then it is cancelled so that it can
+                # never hold up the server's close().
+                await asyncio.wait({handler_task}, timeout=self._options.close_timeout)
+                handler_task.cancel()
+            await asyncio.wait({handler_task})
+            await self._after_handler(handler_task)
+        finally:
+            gone.cancel()
+        await self._closed.wait()
+
+    async def _receive_header(self, timeout: float) -> bool:
+        ws = self._ws
+        try:
+            async with asyncio.timeout(timeout):
+                frame = await ws.recv()
+        except TimeoutError:
+            await ws.close(CloseCode.POLICY_VIOLATION, "no header received in time")
+            return False
+        except ConnectionClosed:
+            return False
+        self._protocol = protocol = RpcProtocol(
+            Side.SERVER,
+            self._server._codec_for_first_frame(frame),
+            max_calls=self._options.max_concurrent_calls,
+            max_size=self._options.max_message_size,
+            send_tracebacks=self._options.send_tracebacks,
+        )
+        try:
+            self._header = protocol.receive_header(frame).value
+        except ProtocolError as exc:
+            await ws.close(exc.code, f"bad header: {exc.reason}"[:120])
+            return False
+        return True
+
+    async def _after_handler(self, task: asyncio.Future[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if self._state is AcceptorState.ACCEPTING:
+            if error is not None:
+                logger.error("connection handler raised before deciding", exc_info=error)
+                await self.reject(CloseCode.INTERNAL_ERROR, "internal error")
+            else:
+                await self.reject(
+                    CloseCode.POLICY_VIOLATION, "the server did not accept the connection"
+                )
+        elif error is not None and not isinstance(error, ConnectionClosedError):
+            logger.error("connection handler raised", exc_info=error)
+            if self._state is AcceptorState.OPEN:
+                await self.close(CloseCode.INTERNAL_ERROR, "internal error")
