@@ -11,6 +11,7 @@ calls the other's provider through ``get_driver()``, typed as the remote's
 from __future__ import annotations
 
 from .acceptor import WebSocketAcceptor
+from .blocking import blocking
 from .codecs import MsgpackCodec
 from .connector import WebSocketConnector
 from .exceptions import (
@@ -38,6 +39,8 @@ __all__ = [
     "WebSocketServer",
     # acceptor.py
     "WebSocketAcceptor",
+    # blocking.py
+    "blocking",
     # groups.py
     "Group",
     "Outcome",

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
 from ._communicator import Communicator, close_info, close_info_of
 from ._connections import ReportingServerConnection
+from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
 from ._options import check_timeout
 from ._util import check_close
 from .dispatch import check_provider
 from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
+from .http import HeadersView
 from .messages import CloseCode
 from .protocol import RpcProtocol, Side
 from .states import AcceptorState, CloseInfo
@@ -26,66 +26,16 @@ from .states import AcceptorState, CloseInfo
 if TYPE_CHECKING:
     from .server import Handler, WebSocketServer
 
-__all__ = ["ClosedHook", "CloseRequestHook", "WebSocketAcceptor"]
+__all__ = ["WebSocketAcceptor"]
 
 logger = logging.getLogger("wsrpc")
 
 HeaderT = TypeVar("HeaderT")
 ProviderT = TypeVar("ProviderT")
 RemoteT = TypeVar("RemoteT")
-AcceptorT = TypeVar("AcceptorT")
-
-CloseRequestHook = Callable[[int, str], Awaitable[None] | None]
-"""``hook(code, reason)``: the peer's close frame arrived."""
-ClosedHook = Callable[[AcceptorT, CloseInfo], Awaitable[None] | None]
-"""``hook(acceptor, info)``: the connection is gone."""
 
 TOKEN = object()
 """Proof that the server, not a user, creates an acceptor."""
-
-
-async def _run_hook(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:
-    """Run a user's hook, plain or async; log what it raises."""
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("error in hook %r", hook)
-
-
-_hook_tasks: set[asyncio.Task[None]] = set()
-
-
-def _call_soon(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:
-    """Run a hook from a synchronous context (a websockets callback)."""
-    task = asyncio.get_running_loop().create_task(_run_hook(hook, *args))
-    _hook_tasks.add(task)
-    task.add_done_callback(_hook_tasks.discard)
-
-
-class _HeadersView(Mapping[str, str]):
-    """A read-only, case-insensitive view of websockets' Headers."""
-
-    __slots__ = ("_headers",)
-
-    def __init__(self, headers: Headers) -> None:
-        self._headers = headers
-
-    def __getitem__(self, name: str) -> str:
-        values = self._headers.get_all(name)
-        if not values:
-            raise KeyError(name)
-        return ", ".join(values)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
-
-    def __len__(self) -> int:
-        return len(self._headers)
-
-    def __repr__(self) -> str:
-        return f"<headers {dict(self)!r}>"
 
 
 @final
@@ -169,7 +119,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         request = self._ws.request
         if request is None:  # pragma: no cover - acceptors exist after the upgrade
             return MappingProxyType({})
-        return _HeadersView(request.headers)
+        return HeadersView(request.headers)
 
     @property
     def request_header_list(self) -> list[tuple[str, str]]:
@@ -374,7 +324,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         for hook in self._close_request_hooks:
-            _call_soon(hook, code, reason)
+            call_hook_soon(hook, code, reason)
 
     async def _on_communicator_closed(self, info: CloseInfo) -> None:
         await self._set_closed(info)
@@ -386,7 +336,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._in_close_hooks = True
         try:
             for hook in self._closed_hooks:
-                await _run_hook(hook, self, info)
+                await run_hook(hook, self, info)
             if self._communicator is not None:  # it was open: the server's hooks too
                 await self._server._run_disconnect_hooks(self, info)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
@@ -10,6 +11,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from ._communicator import Communicator, close_info
+from ._connections import ReportingClientConnection
+from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
 from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -62,6 +65,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
             codec object.
+        additional_headers: Extra HTTP headers for the upgrade request (a
+            cookie, an ``Authorization`` header); the server reads them as
+            :attr:`WebSocketAcceptor.request_headers`.
     """
 
     def __init__(
@@ -78,10 +84,12 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         codec: CodecName | Codec = "msgpack",
+        additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         if provider is not None:
             check_provider(provider)
         self._codec = make_codec(codec)
+        self._additional_headers = additional_headers
         self._header = header
         self._provider = provider
         self._options = Options(
@@ -99,6 +107,8 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._driver: Driver | None = None
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
+        self._close_request_hooks: list[CloseRequestHook] = []
+        self._closed_hooks: list[ClosedHook[Self]] = []
 
     @property
     def header(self) -> HeaderT:
@@ -158,6 +168,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             if isinstance(exc, TimeoutError):
                 raise RpcTimeoutError(f"connect to {url} timed out after {timeout} s") from None
             raise
+        ws.on_close_frame = self._on_close_frame  # type: ignore[attr-defined]
         self._communicator = Communicator(
             ws,
             protocol,
@@ -170,7 +181,11 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     async def _open(self, url: str) -> ClientConnection:
         try:
             return await connect(
-                url, open_timeout=None, **cast(Any, self._options.websockets_kwargs())
+                url,
+                open_timeout=None,
+                additional_headers=self._additional_headers,
+                create_connection=ReportingClientConnection,
+                **cast(Any, self._options.websockets_kwargs()),
             )
         except (OSError, WebSocketException) as exc:
             raise ConnectError(f"cannot open {url}: {exc}") from exc
@@ -248,7 +263,33 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """Whether the connector is closing or closed: calls through it fail."""
         return self.state in (ConnectorState.CLOSING, ConnectorState.CLOSED)
 
+    def on_close_request(self, hook: CloseRequestHook) -> CloseRequestHook:
+        """
+        Register ``hook(code, reason)``, called when the server's close frame
+        arrives: the server asked to close, the socket is still open. Plain
+        or async. Usable as a decorator; returns ``hook``.
+        """
+        self._close_request_hooks.append(hook)
+        return hook
+
+    def on_closed(self, hook: ClosedHook[Self]) -> ClosedHook[Self]:
+        """
+        Register ``hook(connector, info)``, called once an open connection is
+        gone, before :meth:`join` returns; ``info.clean`` tells a graceful
+        close from a failure. Plain or async; exceptions are logged. Usable
+        as a decorator; returns ``hook``.
+        """
+        self._closed_hooks.append(hook)
+        return hook
+
+    def _on_close_frame(self, code: int, reason: str) -> None:
+        for hook in self._close_request_hooks:
+            call_hook_soon(hook, code, reason)
+
     async def _on_communicator_closed(self, info: CloseInfo) -> None:
+        self._close_info = info
+        for hook in self._closed_hooks:
+            await run_hook(hook, self, info)
         self._set_closed(info)
 
     def _set_closed(self, info: CloseInfo) -> None:

@@ -11,8 +11,10 @@ that the handler does not answer gets websockets' error response (426).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from websockets.datastructures import Headers
 
 __all__ = ["HttpHandler", "HttpRequest", "HttpResponse", "Upgrade"]
 
@@ -55,3 +57,27 @@ HttpHandler = Callable[
     Awaitable[HttpResponse | Upgrade | None] | HttpResponse | Upgrade | None,
 ]
 """Called with every HTTP request before the upgrade; plain or async."""
+
+
+class HeadersView(Mapping[str, str]):
+    """A read-only, case-insensitive view of websockets' Headers."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return f"<headers {dict(self)!r}>"

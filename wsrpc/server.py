@@ -17,16 +17,17 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from ._connections import ReportingServerConnection
+from ._hooks import run_hook
 from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     Options,
 )
-from .acceptor import TOKEN, WebSocketAcceptor, _HeadersView, _run_hook
+from .acceptor import TOKEN, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
 from .exceptions import StateError
 from .groups import Group, Outcome, broadcast, notify
-from .http import HttpHandler, HttpRequest, HttpResponse, Upgrade
+from .http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
 from .messages import CloseCode
 from .states import CloseInfo, ServerState
 
@@ -234,13 +235,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
 
     async def _run_connect_hooks(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
         for hook in self._connect_hooks:
-            await _run_hook(hook, acceptor)
+            await run_hook(hook, acceptor)
 
     async def _run_disconnect_hooks(
         self, acceptor: WebSocketAcceptor[Any, Any, Any], info: CloseInfo
     ) -> None:
         for hook in self._disconnect_hooks:
-            await _run_hook(hook, acceptor, info)
+            await run_hook(hook, acceptor, info)
 
     async def open(
         self,
@@ -289,7 +290,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         assert self._http_handler is not None
-        answer = self._http_handler(HttpRequest(request.path, _HeadersView(request.headers)))
+        answer = self._http_handler(HttpRequest(request.path, HeadersView(request.headers)))
         if inspect.isawaitable(answer):
             answer = await answer
         if isinstance(answer, Upgrade):
