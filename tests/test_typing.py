@@ -50,13 +50,18 @@ PROGRAM = textwrap.dedent(
         await acceptor.get_driver().on_message(token)
 
 
-    async def client(url: str) -> None:
+    async def client(
+        url: str, server: wsrpc.WebSocketServer[Header, Calculator, ClientRemote]
+    ) -> None:
         connector = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]({"token": "t"})
         await connector.connect(url)
         calc = connector.get_driver()
         total: int = await calc.add(1, 2)
         root: float = await calc.scientific.sqrt(16.0)
         print(total, root)
+        outcomes = await server.broadcast(lambda remote: remote.on_message("hi"))
+        done: list[None] = [outcome.result() for outcome in outcomes]
+        print(done)
         {extra}
     """
 )
@@ -111,3 +116,15 @@ def test_forgetting_await_is_an_error() -> None:
     report, status = check("never: int = calc.add(1, 2)")
     assert status == 1
     assert "Coroutine" in report
+
+
+def test_misspelled_method_in_a_broadcast_is_an_error() -> None:
+    report, status = check('await server.broadcast(lambda remote: remote.on_mesage("x"))')
+    assert status == 1
+    assert '"ClientRemote" has no attribute "on_mesage"' in report
+
+
+def test_wrong_argument_in_a_group_broadcast_is_an_error() -> None:
+    report, status = check('await server.group("g").broadcast(lambda r: r.on_message(42))')
+    assert status == 1
+    assert 'Argument 1 to "on_message" of "ClientRemote" has incompatible type "int"' in report
