@@ -20,14 +20,15 @@ from websockets.protocol import Event
 __all__ = ["ReportingClientConnection", "ReportingServerConnection"]
 
 CloseFrameCallback = Callable[[int, str], None]
+_CLOSE = Opcode.CLOSE
 
 
-def _report(connection: ServerConnection | ClientConnection, event: Event) -> None:
-    callback: CloseFrameCallback | None = getattr(connection, "on_close_frame", None)
-    if callback is not None and isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
-        close = connection.protocol.close_rcvd
-        if close is not None:
-            callback(close.code, close.reason)
+def _report(
+    connection: ServerConnection | ClientConnection, callback: CloseFrameCallback | None
+) -> None:
+    close = connection.protocol.close_rcvd
+    if callback is not None and close is not None:
+        callback(close.code, close.reason)
 
 
 class ReportingServerConnection(ServerConnection):
@@ -35,7 +36,9 @@ class ReportingServerConnection(ServerConnection):
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)
-        _report(self, event)
+        # On every frame: keep the common case to one type and one opcode test.
+        if type(event) is Frame and event.opcode is _CLOSE:
+            _report(self, self.on_close_frame)
 
 
 class ReportingClientConnection(ClientConnection):
@@ -43,4 +46,6 @@ class ReportingClientConnection(ClientConnection):
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)
-        _report(self, event)
+        # On every frame: keep the common case to one type and one opcode test.
+        if type(event) is Frame and event.opcode is _CLOSE:
+            _report(self, self.on_close_frame)
