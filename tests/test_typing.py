@@ -5,6 +5,7 @@ method and a wrong argument type, and accepts the correct program.
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -69,17 +70,14 @@ PROGRAM = textwrap.dedent(
 
 def check(extra: str) -> tuple[str, int]:
     """Type-check PROGRAM with ``extra`` appended in client(); return (report, status)."""
-    # pytest's tmp_path would also do, but a file under the project keeps
-    # mypy's cache and config (mypy_path = stubs) applicable.
     source = PROGRAM.replace("{extra}", extra)
-    path = ROOT / "tests" / f"_typing_case_{abs(hash(extra))}.py"
-    path.write_text(source)
-    try:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "typing_case.py"
+        path.write_text(source)
+        # The project's mypy.ini: strict, and mypy_path = stubs (for msgpack).
         stdout, stderr, status = api.run(
             ["--config-file", str(ROOT / "mypy.ini"), "--no-incremental", str(path)]
         )
-    finally:
-        path.unlink()
     return stdout + stderr, status
 
 
