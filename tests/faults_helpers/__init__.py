@@ -1,0 +1,1 @@
+"""Programs that tests/test_faults.py runs in separate processes."""
