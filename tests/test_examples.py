@@ -8,7 +8,9 @@ resources and logged errors show up on stderr, which must stay empty.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ from tests.conftest import UNIT
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+INTEROP = ROOT / "tests" / "interop"
+NODE_SETUP = "run `npm ci --prefix tests/interop` (make test does it before pytest)"
 
 
 def run_example(name: str) -> list[str]:
@@ -26,17 +30,22 @@ def run_example(name: str) -> list[str]:
     return run_python(str(EXAMPLES / f"{name}.py"))
 
 
-def run_python(*args: str) -> list[str]:
-    """Run Python with ``args``; return its stdout lines once it exited cleanly."""
+def python_env() -> dict[str, str]:
+    """The environment an example runs in."""
     env = dict(os.environ)
     # Importable even without an installed wsrpc (the script's own directory,
     # not the root, is first on its sys.path).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_python(*args: str) -> list[str]:
+    """Run Python with ``args``; return its stdout lines once it exited cleanly."""
     completed = subprocess.run(
         [sys.executable, "-X", "dev", *args],
         cwd=ROOT,
-        env=env,
+        env=python_env(),
         capture_output=True,
         text=True,
         timeout=30 * UNIT,
@@ -136,6 +145,85 @@ def test_demo() -> None:
             "Done: the server is closed.",
         ],
     )
+
+
+def node_with_tgrid() -> str:
+    """The node executable, once tgrid is known to be installed; else the test fails."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(f"`node` (Node.js 18 or later) is not on PATH: install it, then {NODE_SETUP}")
+    if not (INTEROP / "node_modules" / "tgrid" / "package.json").is_file():
+        pytest.fail(f"tgrid is not installed in tests/interop/node_modules: {NODE_SETUP}")
+    return node
+
+
+async def finish(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` if it still runs, and reap it."""
+    if process.returncode is None:
+        process.kill()
+        await process.communicate()
+
+
+async def test_tgrid_server() -> None:
+    # examples/tgrid_server.py serving examples/tgrid_client.js, a real TGrid
+    # client, as the two would run in two terminals.
+    node = node_with_tgrid()
+    pipe = asyncio.subprocess.PIPE
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-X",
+        "dev",
+        str(EXAMPLES / "tgrid_server.py"),
+        cwd=ROOT,
+        env=python_env(),
+        stdin=pipe,
+        stdout=pipe,
+        stderr=pipe,
+    )
+    client: asyncio.subprocess.Process | None = None
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        async with asyncio.timeout(30 * UNIT):
+            first = await server.stdout.readline()
+            if not first.startswith(b"PORT "):
+                _, err = await server.communicate()
+                pytest.fail(f"tgrid_server.py did not start: {first!r} {err.decode()}")
+            url = f"ws://127.0.0.1:{int(first.split()[1])}/"
+            client = await asyncio.create_subprocess_exec(
+                node, str(EXAMPLES / "tgrid_client.js"), url, cwd=ROOT, stdout=pipe, stderr=pipe
+            )
+            client_out, client_err = await client.communicate()
+            server.stdin.close()  # the server exits when its stdin closes
+            server_out, server_err = await server.communicate()
+    finally:
+        if client is not None:
+            await finish(client)
+        await finish(server)
+
+    assert client.returncode == 0, client_err.decode()
+    assert client_err == b""
+    assert client_out.decode().splitlines() == [
+        "connected",
+        "server says: welcome, ann",
+        "1 + 2 = 3",
+        "sqrt(16) = 4",  # the float 4.0 is the JavaScript number 4
+        "pow(2, 10) = 1024",
+        "3 / 3 = 1",
+        "div(1, 0) failed: ZeroDivisionError: division by zero",
+        "progress 1/3",
+        "progress 2/3",
+        "progress 3/3",
+        "countdown(3) = liftoff",
+        "rejected: 4000 a name is required",
+        "closed",
+    ]
+    assert server.returncode == 0, server_err.decode()
+    assert server_err == b""
+    assert server_out.decode().splitlines() == [
+        "accepted ann",
+        "rejected a client without a name",
+        "ann left (code 1005, closed by the client: True)",
+    ]
 
 
 def test_readme_example() -> None:
