@@ -474,6 +474,15 @@ class Awkward:
     async def raises_cancelled(self) -> None:
         raise asyncio.CancelledError
 
+    def plain_raises_cancelled(self) -> None:
+        raise asyncio.CancelledError
+
+    def deep(self, depth: int) -> list[Any]:
+        value: list[Any] = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
     def wraps_coroutine(self, x: int) -> Any:
         # A plain function that returns a coroutine (a decorator's wrapper).
         return self._double(x)
@@ -494,6 +503,14 @@ async def test_misbehaving_providers_still_answer() -> None:
         with pytest.raises(wsrpc.RemoteError) as info:
             await driver.raises_cancelled()
         assert info.value.name == "CancelledError"
+        with pytest.raises(wsrpc.RemoteError) as info:
+            await driver.plain_raises_cancelled()
+        assert info.value.name == "CancelledError"
+        # Just deeper than the peer's decoder: an error, not a dead connection.
+        with pytest.raises(wsrpc.RemoteError) as info:
+            await driver.deep(1023)
+        assert info.value.name == "EncodeError"
+        assert len(await driver.deep(100)) == 1
         assert await driver.wraps_coroutine(21) == 42
         with pytest.raises(wsrpc.RemoteError) as info:
             await driver.bad_text()

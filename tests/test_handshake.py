@@ -282,3 +282,39 @@ async def test_origins_allow_list_refuses_foreign_origin_with_403() -> None:
             await ws.send(msgpack.packb([0, 1, None, {}]))
             assert msgpack.unpackb(await ws.recv(decode=False))[0] == 1
         assert called
+
+
+async def test_codecs_allow_list_and_acceptor_codec() -> None:
+    seen: list[str] = []
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        seen.append(acceptor.codec)
+        await acceptor.accept(Calculator())
+
+    async with running_server(handler, codecs=["msgpack"]) as server:
+        connector: wsrpc.WebSocketConnector[None, None, Any] = wsrpc.WebSocketConnector(None)
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        await connector.close()
+        with pytest.raises(wsrpc.RejectedError) as info:
+            await wsrpc.WebSocketConnector(None, codec="tgrid").connect(
+                url_of(server), timeout=5 * UNIT
+            )
+        assert info.value.code == 1003
+    assert seen == ["msgpack"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"header_timeout": float("nan")},
+        {"header_timeout": 0},
+        {"codecs": []},
+        {"codecs": ["json"]},
+        {"max_concurrent_calls": 0},
+        {"max_message_size": 10},
+        {"ping_interval": -1.0},
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        wsrpc.WebSocketServer(**options)

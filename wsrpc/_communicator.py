@@ -273,7 +273,8 @@ class Communicator:
             # calling it here costs no concurrency and saves a task.
             try:
                 result = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                # A plain method raising CancelledError is an error like any other.
                 await self._ws.send(self._protocol.send_error(uid, exc))
                 return
             if not inspect.isawaitable(result):

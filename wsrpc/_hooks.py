@@ -21,6 +21,7 @@ CloseRequestHook = Callable[[int, str], Awaitable[None] | None]
 ClosedHook = Callable[[OwnerT, CloseInfo], Awaitable[None] | None]
 """``hook(acceptor_or_connector, info)``: the connection is gone."""
 
+
 async def run_hook(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:
     """Run a user's hook, plain or async; log what it raises."""
     try:

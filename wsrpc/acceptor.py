@@ -63,6 +63,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if token is not TOKEN:
             raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
         self._server = server
+        self._loop = asyncio.get_running_loop()  # for wsrpc.sync.ThreadsafeAcceptor
         self._ws = ws
         self._options = server._options
         self._id = acceptor_id
@@ -92,7 +93,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         The client's header, as decoded from the wire.
 
         Its type is *not* checked at run time: it is whatever the client sent
-        (any msgpack value). Validate it before trusting it.
+        (any msgpack value, or any JSON value from a TGrid client). Validate
+        it before trusting it.
         """
         return cast(HeaderT, self._header)
 
@@ -126,6 +128,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         """The upgrade request's headers as (name, value) pairs, in order."""
         request = self._ws.request
         return list(request.headers.raw_items()) if request is not None else []
+
+    @property
+    def codec(self) -> str:
+        """
+        The protocol this client speaks: ``"msgpack"`` (a wsrpc client) or
+        ``"tgrid"`` (a TGrid client, JSON); empty before its header arrived.
+        """
+        return self._protocol.codec.name if self._protocol is not None else ""
 
     @property
     def is_closed(self) -> bool:
@@ -245,7 +255,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
         Args:
             timeout: Seconds after which each call through this driver fails
-                with :exc:`RpcTimeoutError` (and is cancelled on the client);
+                with :exc:`RpcTimeoutError` (and is cancelled on a wsrpc client;
+                TGrid has no cancellation);
                 None uses the server's ``call_timeout``.
 
         Raises:
@@ -398,9 +409,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             return False
         except ConnectionClosed:
             return False
+        codec = self._server._codec_for_first_frame(frame)
+        if codec is None:
+            kind = "text" if isinstance(frame, str) else "binary"
+            await ws.close(CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not served here")
+            return False
         self._protocol = protocol = RpcProtocol(
             Side.SERVER,
-            self._server._codec_for_first_frame(frame),
+            codec,
             max_calls=self._options.max_concurrent_calls,
             max_size=self._options.max_message_size,
             send_tracebacks=self._options.send_tracebacks,

@@ -31,6 +31,15 @@ _MAX_UID = 2**63 - 1
 
 # Bytes that may start a msgpack map (fixmap, map16, map32) or ext value.
 _MAP_OR_EXT = re.compile(b"[\x80-\x8f\xde\xdf\xc7-\xc9\xd4-\xd8]")
+# msgpack's decoder nests at most this deep (its fixed stack size).
+_DECODER_DEPTH = 1000
+# Every byte but those that may start an array or a map.
+_NOT_CONTAINERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
+def _containers(frame: bytes) -> int:
+    """How many bytes of ``frame`` could start an array or a map (an upper bound)."""
+    return len(frame.translate(None, _NOT_CONTAINERS))  # deletes all the others
 
 
 class Codec(Protocol):
@@ -140,16 +149,20 @@ class MsgpackCodec:
             self._packer.reset()
             raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
         # msgpack packs what its decoder (rightly) refuses: maps with keys
-        # other than str and bytes, and ext types. Sent, such a frame would
-        # make the peer close the connection, so catch it here by decoding
-        # the frame back; the byte scan keeps that off frames that cannot
-        # hold a map or an ext (most small RPC messages).
-        if _MAP_OR_EXT.search(frame) is not None:
+        # other than str and bytes, ext types, and nesting one level deeper
+        # than the decoder's stack. Sent, such a frame would make the peer
+        # close the connection, so catch it here by decoding the frame back.
+        # The byte scans keep that off frames that cannot hold a map or an
+        # ext and cannot be that deep (most RPC messages).
+        if _MAP_OR_EXT.search(frame) is not None or (
+            len(frame) >= _DECODER_DEPTH and _containers(frame) >= _DECODER_DEPTH
+        ):
             try:
                 self.decode(frame)
             except ProtocolError as exc:
                 raise EncodeError(
-                    "cannot encode: map keys must be str or bytes, and ext types are not allowed"
+                    "cannot encode: map keys must be str or bytes, ext types are not"
+                    f" allowed, and values nest at most {_DECODER_DEPTH} deep"
                 ) from exc
         return frame
 

@@ -208,7 +208,8 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
 
         Args:
             timeout: Seconds after which each call through this driver fails
-                with :exc:`RpcTimeoutError` (and is cancelled on the server);
+                with :exc:`RpcTimeoutError` (and is cancelled on a wsrpc server;
+                TGrid has no cancellation);
                 None uses the connector's ``call_timeout``.
 
         Raises:

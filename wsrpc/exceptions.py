@@ -134,7 +134,8 @@ class RemoteError(WsrpcError):
 class RpcTimeoutError(WsrpcError, TimeoutError):
     """A connect or a call did not complete in time.
 
-    A timed-out call is cancelled on the remote side too.
+    A timed-out call is cancelled on the remote side too, when the peer is
+    wsrpc (TGrid has no cancellation message).
     """
 
 

@@ -22,6 +22,7 @@ from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     Options,
+    check_timeout,
 )
 from .acceptor import TOKEN, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
@@ -90,6 +91,9 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             a request with another origin gets HTTP 403 before any acceptor
             exists. Include None to allow requests without an ``Origin``
             (non-browser clients). Default None: any origin.
+        codecs: The protocols clients may speak: ``"msgpack"`` (wsrpc
+            clients) and ``"tgrid"`` (TGrid clients, JSON); the default
+            serves both. A client opening with another is closed with 1003.
     """
 
     def __init__(
@@ -105,9 +109,12 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         origins: Sequence[str | None] | None = None,
+        codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
     ) -> None:
-        if header_timeout <= 0:
-            raise ValueError("header_timeout must be positive")
+        check_timeout(header_timeout, "header_timeout")
+        if not codecs or not set(codecs) <= {"msgpack", "tgrid"}:
+            raise ValueError("codecs must name 'msgpack', 'tgrid' or both")
+        self._allowed_codecs = frozenset(codecs)
         self._origins = None if origins is None else [cast(Origin | None, o) for o in origins]
         self._options = Options(
             max_message_size=max_message_size,
@@ -322,11 +329,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         finally:
             self._release(acceptor)
 
-    def _codec_for_first_frame(self, frame: bytes | str) -> Codec:
+    def _codec_for_first_frame(self, frame: bytes | str) -> Codec | None:
         # TGrid clients open with a JSON text frame, wsrpc clients with a
         # binary msgpack frame: one server serves both on the same port.
         # Connections share the server's codecs (all run on its loop).
         name: CodecName = "tgrid" if isinstance(frame, str) else "msgpack"
+        if name not in self._allowed_codecs:
+            return None
         codec = self._codecs.get(name)
         if codec is None:
             codec = self._codecs[name] = make_codec(name)

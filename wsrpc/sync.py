@@ -1,0 +1,617 @@
+"""
+Blocking wsrpc, for scripts and threaded programs.
+
+wsrpc runs on asyncio: every connection belongs to one event loop and its
+objects may only be used from that loop's thread. This module is the bridge
+for code that runs in other threads.
+
+* :class:`WebSocketConnector` is a blocking client with the API of
+  :class:`wsrpc.WebSocketConnector`: ``connect(url)``, ``get_driver()``,
+  ``close()``. It runs its own event loop in a daemon thread, started by
+  :meth:`~WebSocketConnector.connect` and stopped once the connection is
+  closed, by :meth:`~WebSocketConnector.close` or by the server. Its driver's
+  methods block the calling thread and return the result directly.
+* :class:`ThreadsafeAcceptor` wraps a server-side
+  :class:`wsrpc.WebSocketAcceptor` so that threads other than the server's
+  event loop thread can call that client's provider and close the
+  connection, blocking until done.
+
+The threading model, for both:
+
+* Every blocking method submits a coroutine to the event loop
+  (:func:`asyncio.run_coroutine_threadsafe`) and waits for it. Any number of
+  threads may use one connector or acceptor, and the drivers obtained from
+  it, at once: their calls travel concurrently over the one connection, just
+  as concurrent tasks' calls do.
+* Results and errors are those of the async API: :exc:`~wsrpc.RemoteError`,
+  :exc:`~wsrpc.RpcTimeoutError`, :exc:`~wsrpc.ConnectionClosedError`, and so
+  on. Once the event loop is gone (the connector closed, or the server's loop
+  closed), a call raises :exc:`~wsrpc.ConnectionClosedError` at once instead
+  of waiting for ever.
+* A thread interrupted while it waits for a call (``KeyboardInterrupt`` in the
+  main thread) cancels the call, on the remote side too, as cancelling an
+  awaiting task does.
+* The provider a sync connector serves runs on the connector's event loop
+  thread, like every wsrpc provider: its plain methods must not block (mark
+  blocking ones with :func:`wsrpc.blocking`). The blocking methods of this
+  module called from that event loop's own thread, for instance from inside
+  a provider method, raise :exc:`~wsrpc.StateError`: waiting there would
+  wait for ever, since the loop cannot run the call while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, cast, final
+
+from . import connector as _aio
+from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE
+from ._util import check_close
+from .acceptor import WebSocketAcceptor
+from .codecs import Codec, CodecName
+from .driver import Driver
+from .exceptions import ConnectionClosedError, RpcTimeoutError, StateError
+from .messages import CloseCode
+from .states import AcceptorState, CloseInfo, ConnectorState
+
+__all__ = ["SyncDriver", "ThreadsafeAcceptor", "WebSocketConnector"]
+
+HeaderT = TypeVar("HeaderT")
+ProviderT = TypeVar("ProviderT")
+RemoteT = TypeVar("RemoteT")
+T = TypeVar("T")
+
+_POLL_INTERVAL = 1.0
+"""Seconds between checks, while a thread waits, that the event loop still exists."""
+
+_thread_ids = itertools.count(1)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _Portal:
+    """Runs coroutines on an event loop from other threads, and waits for them."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: str,
+        closed_error: Callable[[], ConnectionClosedError],
+    ) -> None:
+        self.loop = loop
+        self._owner = owner
+        self._closed_error = closed_error
+
+    def check_thread(self, action: str) -> None:
+        """Raise StateError in the event loop's own thread, where waiting deadlocks."""
+        if _running_loop() is self.loop:
+            raise StateError(
+                f"cannot {action} from the event loop thread of {self._owner}: it would "
+                "wait for itself; use the async API there"
+            )
+
+    def run(self, coro: Coroutine[Any, Any, T], action: str) -> T:
+        """Run ``coro`` on the loop; block until it returns, and return its result."""
+        try:
+            self.check_thread(action)
+            future = self._submit(coro)
+        except BaseException:
+            coro.close()  # never scheduled: no "never awaited" warning
+            raise
+        return self._wait(future)
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.loop.is_closed():
+            raise self._closed_error()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop closed in between
+            raise self._closed_error() from None
+
+    def _wait(self, future: concurrent.futures.Future[T]) -> T:
+        try:
+            while True:
+                try:
+                    return future.result(_POLL_INTERVAL)
+                except TimeoutError:
+                    if future.done():
+                        raise  # the call's own RpcTimeoutError
+                    if self.loop.is_closed():
+                        break  # closed under a pending call that will never finish
+        except concurrent.futures.CancelledError:
+            # Only the loop's shutdown cancels it: the connection is gone.
+            raise self._closed_error() from None
+        except BaseException:
+            # The call's own error (cancelling a finished future does
+            # nothing), or this thread was interrupted while waiting: cancel
+            # the call, which cancels it on the peer too.
+            future.cancel()
+            raise
+        raise self._closed_error()
+
+
+class _LoopThread(_Portal):
+    """
+    A portal to an event loop of its own, running in a daemon thread.
+
+    :meth:`stop_soon` refuses new coroutines and stops the loop once those
+    already submitted have returned, so that no caller ever waits on a
+    coroutine the stopped loop will not finish.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        closed_error: Callable[[], ConnectionClosedError],
+        on_exit: Callable[[], None],
+    ) -> None:
+        super().__init__(asyncio.new_event_loop(), "this connector", closed_error)
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._stopping = False
+        # The loop's own default executor (what wsrpc.blocking provider
+        # methods run in), so that its threads are known: one of them may
+        # close the connector, and must not wait for the loop's thread, which
+        # waits for the executor's threads as it ends.
+        self._workers: set[int] = set()
+        self.loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(
+                thread_name_prefix=f"{name}-worker", initializer=self._register_worker
+            )
+        )
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _register_worker(self) -> None:
+        self._workers.add(threading.get_ident())
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        with self._lock:
+            if self._stopping:
+                raise self._closed_error()
+            self._busy += 1
+            return asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coro
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._stopping and self._busy == 0:
+                    # The result reaches its waiting thread through a callback
+                    # that _main's cleanup runs, after the loop stops.
+                    self.loop.stop()
+
+    def stop_soon(self) -> None:
+        """Refuse new coroutines; stop the loop once the running ones have returned."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            if self._busy == 0:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def stop(self) -> None:
+        """:meth:`stop_soon`, then :meth:`join_thread`."""
+        self.stop_soon()
+        self.join_thread()
+
+    def join_thread(self) -> None:
+        """Wait for the thread to end, unless that would wait for this thread."""
+        if threading.current_thread() is not self._thread:
+            if threading.get_ident() not in self._workers:
+                self._thread.join()
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            # Callbacks the last iteration scheduled (results on their way to
+            # waiting threads) run first, then whatever tasks were left over
+            # (none, unless a provider started some) are cancelled.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            # Done before waiting for the executor's threads, which may be
+            # waiting for this.
+            self._on_exit()
+            try:
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+
+class SyncDriver:
+    """
+    Blocking proxy for a remote provider, or for one object or method in it.
+
+    Returned, typed as the user's protocol, by
+    :meth:`WebSocketConnector.get_driver` and
+    :meth:`ThreadsafeAcceptor.get_driver`. Like :class:`wsrpc.driver.Driver`,
+    attribute access returns a (cached) child proxy for the longer dotted
+    path, and names that start or end with ``_`` raise :exc:`AttributeError`.
+    Calling a method proxy sends the call and blocks the calling thread until
+    the result arrives, then returns it (or raises the call's error).
+
+    Safe to use from any number of threads at once, except the event loop's
+    own thread, where calls raise :exc:`~wsrpc.StateError`.
+    """
+
+    def __init__(self, portal: _Portal, driver: Driver, path: str = "") -> None:
+        self.__portal = portal
+        self.__driver = driver
+        self.__path = path
+
+    def __getattr__(self, name: str) -> SyncDriver:
+        if name.startswith("_") or name.endswith("_"):
+            raise AttributeError(name)
+        path = f"{self.__path}.{name}" if self.__path else name
+        child = SyncDriver(self.__portal, getattr(self.__driver, name), path)
+        # Cache in the instance dict: __getattr__ is not consulted next time.
+        self.__dict__[name] = child
+        return child
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The async driver raises TypeError for the root before making a coroutine.
+        coro = self.__driver(*args, **kwargs)
+        return self.__portal.run(coro, f"call {self.__path!r}")
+
+    def __repr__(self) -> str:
+        return f"<wsrpc.sync.SyncDriver {self.__path or '(root)'}>"
+
+
+class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
+    """
+    A blocking client of a wsrpc server, usable from several threads at once.
+
+    The constructor is that of :class:`wsrpc.WebSocketConnector`, and so are
+    the methods, except that they block instead of being awaited. ``Remote``
+    is a protocol whose methods are plain ``def``, since the driver's calls
+    return their results directly::
+
+        class CalculatorRemote(Protocol):
+            def add(self, a: int, b: int) -> int: ...
+
+        with wsrpc.sync.WebSocketConnector[Header, None, CalculatorRemote](
+            {"token": token}
+        ) as connector:
+            connector.connect("ws://127.0.0.1:8000/")
+            calc = connector.get_driver()
+            print(calc.add(1, 2))  # 3
+
+    The connector runs an event loop in a daemon thread, from
+    :meth:`connect` until the connection is closed, and drives an async
+    :class:`wsrpc.WebSocketConnector` on it. ``provider``'s methods run on
+    that thread; see the module's documentation for the threading model. A
+    connector connects once; to reconnect, make a new one.
+    """
+
+    def __init__(
+        self,
+        header: HeaderT,
+        provider: ProviderT | None = None,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 10.0,
+        compression: bool = False,
+        send_tracebacks: bool = False,
+        call_timeout: float | None = None,
+        codec: CodecName | Codec = "msgpack",
+    ) -> None:
+        self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
+            header,
+            provider,
+            max_message_size=max_message_size,
+            max_concurrent_calls=max_concurrent_calls,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            compression=compression,
+            send_tracebacks=send_tracebacks,
+            call_timeout=call_timeout,
+            codec=codec,
+        )
+        self._lock = threading.Lock()
+        self._portal: _LoopThread | None = None
+        self._driver: SyncDriver | None = None
+        self._done = threading.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def header(self) -> HeaderT:
+        """The header this connector sends."""
+        return self._inner.header
+
+    @property
+    def state(self) -> ConnectorState:
+        """Where the connector stands (a snapshot); see :class:`~wsrpc.ConnectorState`."""
+        return self._inner.state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connector is closing or closed: calls through it fail."""
+        return self._inner.is_closed
+
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """How the connection ended, once ``CLOSED``; None before."""
+        return self._inner.close_info
+
+    def _start(self) -> _LoopThread:
+        """Start the event loop thread; StateError if it was started before."""
+        with self._lock:
+            if self._portal is not None:
+                raise StateError(
+                    "cannot connect: connect() or close() was called already "
+                    f"(the connector is {self._inner.state.value})"
+                )
+            self._portal = _LoopThread(
+                f"wsrpc.sync.WebSocketConnector-{next(_thread_ids)}",
+                self._closed_error,
+                self._done.set,
+            )
+            return self._portal
+
+    def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
+        """
+        Open the WebSocket to ``url``, send the header and wait for the verdict.
+
+        Starts the connector's event loop thread; a connect that fails stops
+        it again.
+
+        Raises:
+            StateError: the connector was already used.
+            ConnectError, RejectedError, EncodeError, RpcTimeoutError: as for
+                :meth:`wsrpc.WebSocketConnector.connect`.
+        """
+        portal = self._start()
+        connected = False
+        try:
+            portal.run(self._connect(url, timeout), "connect")
+            connected = True
+        finally:
+            if not connected:
+                portal.stop()
+
+    async def _connect(self, url: str, timeout: float | None) -> None:
+        await self._inner.connect(url, timeout=timeout)
+        self._watcher = asyncio.get_running_loop().create_task(self._stop_when_closed())
+
+    async def _stop_when_closed(self) -> None:
+        # However the connection ends, the loop has nothing left to do.
+        await self._inner.join()
+        assert self._portal is not None
+        self._portal.stop_soon()
+
+    def get_driver(self, *, timeout: float | None = None) -> RemoteT:
+        """
+        The blocking proxy for the server's provider, typed as ``Remote``.
+
+        Does not block. Args and errors as for
+        :meth:`wsrpc.WebSocketConnector.get_driver`.
+        """
+        driver = cast(Driver, self._inner.get_driver(timeout=timeout))
+        portal = self._portal
+        assert portal is not None  # the async connector has connected
+        if timeout is not None:
+            return cast(RemoteT, SyncDriver(portal, driver))
+        with self._lock:
+            if self._driver is None:
+                self._driver = SyncDriver(portal, driver)
+            return cast(RemoteT, self._driver)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """
+        Close the connection and stop the event loop thread; return once done.
+
+        Every call pending on either side fails at once with
+        :exc:`~wsrpc.ConnectionClosedError`. Idempotent; closing a connector
+        that never connected just marks it ``CLOSED``.
+
+        Raises:
+            ValueError: the code may not be sent, or the reason is too long.
+            StateError: :meth:`connect` is in progress in another thread, or
+                this is the connector's own event loop thread.
+        """
+        check_close(code, reason)
+        with self._lock:
+            portal = self._portal
+            if portal is None:  # never connected: mark it closed, on a loop
+                portal = self._portal = _LoopThread(
+                    f"wsrpc.sync.WebSocketConnector-{next(_thread_ids)}",
+                    self._closed_error,
+                    self._done.set,
+                )
+        try:
+            portal.run(self._inner.close(code, reason), "close")
+        except ConnectionClosedError:
+            pass  # the loop has stopped: the connection is closed already
+        portal.stop()
+
+    def join(self, timeout: float | None = None) -> CloseInfo:
+        """
+        Wait until the connection is closed and the event loop thread has
+        stopped; return how the connection ended.
+
+        Raises:
+            RpcTimeoutError: still open after ``timeout`` seconds.
+            StateError: called from the connector's own event loop thread.
+        """
+        portal = self._portal
+        if portal is not None:
+            portal.check_thread("join")
+        if not self._done.wait(timeout):
+            raise RpcTimeoutError(f"the connection is still open after {timeout} s")
+        portal = self._portal
+        assert portal is not None
+        portal.join_thread()
+        info = self._inner.close_info
+        assert info is not None
+        return info
+
+    def _closed_error(self) -> ConnectionClosedError:
+        info = self._inner.close_info
+        if info is None:  # pragma: no cover - the loop stops after the close
+            return ConnectionClosedError(CloseCode.ABNORMAL, "the connector's event loop stopped")
+        return ConnectionClosedError(info.code, info.reason)
+
+    def __repr__(self) -> str:
+        return f"<wsrpc.sync.WebSocketConnector {self.state.value}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._inner.state is not ConnectorState.CONNECTING:
+            self.close()
+
+
+SyncRemoteT = TypeVar("SyncRemoteT")
+
+
+@final
+class ThreadsafeAcceptor(Generic[SyncRemoteT]):
+    """
+    A server-side connection, usable from threads other than the server's.
+
+    Wraps a :class:`wsrpc.WebSocketAcceptor` (any thread may wrap one) and
+    offers its blocking counterparts: :meth:`get_driver`, whose calls block
+    and return results, :meth:`close` and :meth:`join`. ``SyncRemote`` is a
+    protocol of the client's provider whose methods are plain ``def``::
+
+        class ClientRemote(Protocol):
+            def on_message(self, text: str) -> None: ...
+
+        async def handler(acceptor: wsrpc.WebSocketAcceptor[Header, Room, Any]) -> None:
+            await acceptor.accept(Room())
+            workers.put(wsrpc.sync.ThreadsafeAcceptor[ClientRemote](acceptor))
+
+        # in a worker thread:
+        client = workers.get()
+        client.get_driver().on_message("hello")
+        client.close(4000, "done")
+
+    Its blocking methods raise :exc:`~wsrpc.StateError` on the server's
+    event loop thread, where the acceptor's own async API is the one to use.
+    Once the server's event loop is closed, they raise
+    :exc:`~wsrpc.ConnectionClosedError` at once.
+    """
+
+    def __init__(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
+        self._acceptor = acceptor
+        self._portal = _Portal(acceptor._loop, "this acceptor", self._closed_error)
+        self._lock = threading.Lock()
+        self._driver: SyncDriver | None = None
+
+    @property
+    def acceptor(self) -> WebSocketAcceptor[Any, Any, Any]:
+        """The wrapped acceptor; use it only from the server's event loop thread."""
+        return self._acceptor
+
+    @property
+    def id(self) -> int:
+        """The acceptor's :attr:`~wsrpc.WebSocketAcceptor.id`."""
+        return self._acceptor.id
+
+    @property
+    def state(self) -> AcceptorState:
+        """Where the connection stands (a snapshot); see :class:`~wsrpc.AcceptorState`."""
+        return self._acceptor.state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection is closing or closed: calls through it fail."""
+        return self._acceptor.is_closed
+
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """How the connection ended, once ``CLOSED``; None before."""
+        return self._acceptor.close_info
+
+    def get_driver(self, *, timeout: float | None = None) -> SyncRemoteT:
+        """
+        The blocking proxy for the client's provider, typed as ``SyncRemote``.
+
+        Does not block. Args and errors as for
+        :meth:`wsrpc.WebSocketAcceptor.get_driver`.
+        """
+        driver = cast(Driver, self._acceptor.get_driver(timeout=timeout))
+        if timeout is not None:
+            return cast(SyncRemoteT, SyncDriver(self._portal, driver))
+        with self._lock:
+            if self._driver is None:
+                self._driver = SyncDriver(self._portal, driver)
+            return cast(SyncRemoteT, self._driver)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """
+        Close the connection; return once it is closed and its close hooks
+        have run. Every pending call on both sides fails at once. Idempotent;
+        does nothing once the server's event loop is closed.
+
+        Raises:
+            ValueError: the code may not be sent, or the reason is too long.
+            StateError: called from the server's event loop thread.
+        """
+        check_close(code, reason)
+        try:
+            self._portal.run(self._acceptor.close(code, reason), "close")
+        except ConnectionClosedError:
+            pass  # the server's loop is closed: nothing is left to close
+
+    def join(self, timeout: float | None = None) -> CloseInfo:
+        """
+        Wait until the connection is closed and its close hooks have run;
+        return how it ended.
+
+        Raises:
+            RpcTimeoutError: still open after ``timeout`` seconds.
+            ConnectionClosedError: the server's event loop closed first.
+            StateError: called from the server's event loop thread.
+        """
+        info = self._acceptor.close_info
+        if info is not None:
+            return info
+        return self._portal.run(self._join(timeout), "join")
+
+    async def _join(self, timeout: float | None) -> CloseInfo:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._acceptor.join()
+        except TimeoutError:
+            raise RpcTimeoutError(f"the connection is still open after {timeout} s") from None
+
+    def _closed_error(self) -> ConnectionClosedError:
+        info = self._acceptor.close_info
+        if info is None:
+            return ConnectionClosedError(CloseCode.ABNORMAL, "the server's event loop is closed")
+        return ConnectionClosedError(info.code, info.reason)
+
+    def __repr__(self) -> str:
+        return f"<wsrpc.sync.ThreadsafeAcceptor id={self.id} {self.state.value}>"
