@@ -1,21 +1,32 @@
 """
-A chat room: the server calls its clients back.
+A chat room: the server calls its clients back, through a group.
 
-Each client connects with its name in the header. The server keeps the
-accepted clients in a :class:`Room`; when one calls ``send(text)``, the room
-calls ``on_message(name, text)`` on every member's driver at once. Members
-are told when someone joins or leaves through ``on_notice(text)``.
+Each client connects with its name in the header. The server puts every
+accepted client in the group ``server.group("room")``; when one calls
+``send(text)``, the server broadcasts ``on_message(name, text)`` to the whole
+group at once. Members are told when someone joins or leaves through
+``on_notice(text)``.
 
 Things worth noticing:
 
 * calls go both ways on one connection: the client calls ``send``, and while
-  that call runs the server calls ``on_message`` on every client, the sender
+  that call runs the server calls ``on_message`` on every member, the sender
   included;
-* the broadcast uses ``asyncio.gather(..., return_exceptions=True)``, so a
-  member that is gone (its call fails with ``ConnectionClosedError``) or
-  whose callback raises does not fail the delivery to the others;
-* the handler waits for the client to leave (``await acceptor.join()``) and
-  removes it from the room in a ``finally``;
+* the room is wsrpc's own :class:`wsrpc.Group`: ``room.add(acceptor)`` after
+  ``accept()``, and no code removes anyone, since a connection leaves its
+  groups by itself when it closes;
+* ``room.broadcast(lambda client: client.on_message(name, text), timeout=...)``
+  is type-checked against ``ChatClientRemote`` and returns one
+  :class:`wsrpc.Outcome` per member: a member that is gone, whose callback
+  raised or that did not answer in time gets a failed outcome and does not
+  fail or hold up the others; ``send`` returns how many outcomes were ok;
+* the "X left" notice comes from a hook, ``acceptor.on_closed``, registered
+  before ``accept()`` so that it frees the client's name however the
+  connection ends; it runs while the leaver is still a member of the group,
+  but no longer open, so the notice skips it. ``info.clean`` tells a
+  graceful close from a lost connection;
+* the handler returns right after accepting: the connection lives on
+  without it;
 * nothing is synchronised with sleeps: ``send`` returns once every member has
   been called, and the script waits for join and leave notices on events.
 
@@ -27,7 +38,6 @@ Three clients chat, then leave one by one::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -62,59 +72,84 @@ class ChatRoomRemote(Protocol):
 NAME_REQUIRED = 4000
 NAME_TAKEN = 4009
 
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    name: str
-    driver: ChatClientRemote
+DELIVERY_TIMEOUT = 5.0
+"""Seconds each member has to take a message before it counts as not delivered."""
 
 
-class Room:
-    """The accepted clients, by connection id, and the room's handler."""
+class Session:
+    """The provider of one client: the room as seen by the member ``name``."""
 
-    def __init__(self) -> None:
-        self._members: dict[int, Member] = {}
-        self._names: set[str] = set()  # taken, including by clients being accepted
+    def __init__(self, chat: Chat, name: str) -> None:
+        # Underscored attributes are never reachable remotely.
+        self._chat = chat
+        self._name = name
+
+    async def send(self, text: str) -> int:
+        # The sender's name comes from its header, not from the call: no one
+        # can speak for someone else. Async, because it awaits the callbacks.
+        name = self._name
+        outcomes = await self._chat.room.broadcast(
+            lambda client: client.on_message(name, text), timeout=DELIVERY_TIMEOUT
+        )
+        # A failed outcome (a member that just left, a callback that raised,
+        # a member too slow) is that member's problem, not the sender's.
+        return sum(1 for outcome in outcomes if outcome.ok)
+
+    def members(self) -> list[str]:
+        return self._chat.names()
+
+
+Server = wsrpc.WebSocketServer[Header, Session, ChatClientRemote]
+Acceptor = wsrpc.WebSocketAcceptor[Header, Session, ChatClientRemote]
+
+
+class Chat:
+    """The room (a group of the server's connections) and the handler that fills it."""
+
+    def __init__(self, server: Server) -> None:
+        self.room = server.group("room")
+        # Every name in use, by connection id: members, and clients still
+        # being accepted, so that two "bob"s connecting at once cannot both
+        # get in.
+        self._names: dict[int, str] = {}
 
     def names(self) -> list[str]:
-        return [member.name for member in self._members.values()]
+        # Group order is join order. A member whose connection is closing is
+        # still listed by the group until its close hooks have run: skip it.
+        return [self._names[member.id] for member in self.room if not member.is_closed]
 
-    async def broadcast(self, deliver: Callable[[ChatClientRemote], Awaitable[None]]) -> int:
-        """Call ``deliver`` on every member concurrently; return how many succeeded."""
-        # A snapshot: members may join or leave while the calls are in flight.
-        members = list(self._members.values())
-        results = await asyncio.gather(
-            *(deliver(member.driver) for member in members), return_exceptions=True
-        )
-        # A failed delivery (a member that just left, a callback that raised)
-        # is that member's problem, not the sender's: count it and go on.
-        return sum(1 for result in results if not isinstance(result, BaseException))
+    async def tell(self, text: str) -> None:
+        await self.room.broadcast(lambda client: client.on_notice(text), timeout=DELIVERY_TIMEOUT)
 
-    async def handler(
-        self, acceptor: wsrpc.WebSocketAcceptor[Header, Session, ChatClientRemote]
-    ) -> None:
+    async def handler(self, acceptor: Acceptor) -> None:
         name = _valid_name(acceptor.header)
         if name is None:
             await acceptor.reject(NAME_REQUIRED, "a name of 1 to 20 characters is required")
             return
-        if name in self._names:
+        if name in self._names.values():
             await acceptor.reject(NAME_TAKEN, f"{name!r} is already in the room")
             return
-        # Taken before the first await, so that two clients with the same name
-        # connecting at once cannot both pass the check above.
-        self._names.add(name)
-        try:
-            await acceptor.accept(Session(self, name))
-            # The driver exists only once the client is accepted.
-            self._members[acceptor.id] = Member(name, acceptor.get_driver())
-            await self.broadcast(lambda client: client.on_notice(f"{name} joined"))
-            # Returns when the client leaves (or the server closes): the
-            # handler's life is the client's, which makes cleanup a finally.
-            await acceptor.join()
-        finally:
-            self._names.discard(name)
-            if self._members.pop(acceptor.id, None) is not None:
-                await self.broadcast(lambda client: client.on_notice(f"{name} left"))
+        # Taken before the first await, so that no other handler can run
+        # between the check above and this line.
+        self._names[acceptor.id] = name
+        # From here on the hook owns the name: it frees it however the
+        # connection ends, even if the client vanishes during accept().
+        acceptor.on_closed(self._closed)
+        await acceptor.accept(Session(self, name))
+        if not self.room.add(acceptor):
+            return  # the client already left: a closing connection joins nothing
+        await self.tell(f"{name} joined")  # the newcomer included
+        # Nothing to wait for: the connection stays open after the handler
+        # returns, and the hook below does the cleanup.
+
+    async def _closed(self, acceptor: Acceptor, info: wsrpc.CloseInfo) -> None:
+        name = self._names.pop(acceptor.id)
+        # The hook runs before the connection leaves its groups: we can still
+        # tell a member from a client that never made it into the room. The
+        # broadcast skips the leaver itself, which is no longer open.
+        if acceptor in self.room:
+            how = "clean close" if info.clean else "connection lost"
+            await self.tell(f"{name} left ({how})")
 
 
 def _valid_name(header: object) -> str | None:
@@ -125,24 +160,6 @@ def _valid_name(header: object) -> str | None:
     if not isinstance(name, str) or not 1 <= len(name) <= 20 or not name.isprintable():
         return None
     return name
-
-
-class Session:
-    """The provider of one client: the room as seen by the member ``name``."""
-
-    def __init__(self, room: Room, name: str) -> None:
-        # Underscored attributes are never reachable remotely.
-        self._room = room
-        self._name = name
-
-    async def send(self, text: str) -> int:
-        # The sender's name comes from its header, not from the call: no one
-        # can speak for someone else. Async, because it awaits the callbacks.
-        name = self._name
-        return await self._room.broadcast(lambda client: client.on_message(name, text))
-
-    def members(self) -> list[str]:
-        return self._room.names()
 
 
 # -- the clients --------------------------------------------------------------
@@ -221,15 +238,16 @@ async def say(person: Person, text: str, present: list[Person]) -> None:
 async def leave(person: Person, present: list[Person]) -> None:
     await person.connector.close()
     present.remove(person)
-    # The server notices the close, removes the member and tells the others.
-    await asyncio.gather(*(p.transcript.wait_for(f"* {person.name} left") for p in present))
+    # The server's close hook tells the others (a graceful close: clean).
+    notice = f"* {person.name} left (clean close)"
+    await asyncio.gather(*(p.transcript.wait_for(notice) for p in present))
     print(f"{person.name} left")
 
 
 async def main() -> None:
-    room = Room()
-    async with wsrpc.WebSocketServer[Header, Session, ChatClientRemote]() as server:
-        await server.open(0, room.handler)
+    async with Server() as server:
+        chat = Chat(server)
+        await server.open(0, chat.handler)
         url = f"ws://127.0.0.1:{server.port}/"
 
         present: list[Person] = []

@@ -209,8 +209,8 @@ async def test_groups_membership_and_automatic_leave() -> None:
             await members[0].join()
             assert set(server.groups) == {"red"}  # blue emptied, and is gone
             assert len(red) == 1
-            with pytest.raises(wsrpc.StateError):
-                blue.add(members[0])  # a closed connection cannot join
+            assert blue.add(members[0]) is False  # a closed connection never joins
+            assert not server.group("blue")
 
 
 async def test_thousand_clients_join_and_leave_without_leaks() -> None:
@@ -292,11 +292,15 @@ async def test_broadcast_while_members_disconnect() -> None:
 async def test_notify_is_fire_and_forget() -> None:
     async with running_server(accept_service) as server:
         async with clients(server, 3) as pairs:
-            assert server.notify(lambda client: client.on_message("ding")) == 3
+            for word in ("ding", "dong"):
+                # The call is made at once: each notification sends its own word.
+                assert server.notify(lambda client: client.on_message(word)) == 3  # noqa: B023
             async with asyncio.timeout(5 * UNIT):
                 for _, provider in pairs:
-                    await provider.arrived.wait()
-            assert [provider.messages for _, provider in pairs] == [["ding"]] * 3
+                    while len(provider.messages) < 2:
+                        provider.arrived.clear()
+                        await provider.arrived.wait()
+            assert [provider.messages for _, provider in pairs] == [["ding", "dong"]] * 3
             assert server.group("empty").notify(lambda client: client.on_message("x")) == 0
 
 
@@ -326,7 +330,9 @@ async def test_http_requests_beside_the_endpoint() -> None:
             assert ws.response is not None
             assert ws.response.headers["Set-Cookie"] == "session=s1; HttpOnly"
         connector: Connector = wsrpc.WebSocketConnector(None, Client())
+        assert dict(connector.response_headers) == {}
         await connector.connect(url_of(server, "/rpc"), timeout=5 * UNIT)
+        assert connector.response_headers["set-cookie"] == "session=s1; HttpOnly"
         assert await connector.get_driver().ping() == "pong"
         await connector.close()
     finally:
@@ -358,3 +364,30 @@ async def test_blocking_method_runs_off_the_event_loop() -> None:
         release.set()
         assert await report == "report may"
         await connector.close()
+
+
+async def test_disconnect_hooks_wait_for_connect_hooks() -> None:
+    order: list[str] = []
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async with running_server(accept_service) as server:
+
+        @server.on_connect
+        async def slow_connect(acceptor: Acceptor) -> None:
+            order.append("connect start")
+            await release.wait()  # the client leaves while this runs
+            order.append("connect end")
+
+        @server.on_disconnect
+        def disconnected(acceptor: Acceptor, info: CloseInfo) -> None:
+            order.append("disconnect")
+            done.set()
+
+        connector: Connector = wsrpc.WebSocketConnector(None, Client())
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        await connector.close()
+        release.set()
+        async with asyncio.timeout(5 * UNIT):
+            await done.wait()
+    assert order == ["connect start", "connect end", "disconnect"]

@@ -106,20 +106,44 @@ def test_chat() -> None:
         "<alice> hello everyone",
         "<bob> hi alice",
         "<carol> hey both",
-        "* carol left",
-        "* bob left",
+        "* carol left (clean close)",
+        "* bob left (clean close)",
         "--- what bob saw ---",
         "* bob joined",
         "* carol joined",
         "<alice> hello everyone",
         "<bob> hi alice",
         "<carol> hey both",
-        "* carol left",
+        "* carol left (clean close)",
         "--- what carol saw ---",
         "* carol joined",
         "<alice> hello everyone",
         "<bob> hi alice",
         "<carol> hey both",
+    ]
+
+
+def test_push() -> None:
+    # The whole output: the ticker runs on a timer, but the script waits for
+    # the ticks on events and prints in a fixed order.
+    assert run_example("push") == [
+        "[http] /ws upgraded (101), Set-Cookie: node=push-1; Path=/; HttpOnly; SameSite=Strict",
+        "[ann] connected",
+        "[bob] connected",
+        '[http] GET /health -> 200 application/json {"status": "ok", "clients": 2}',
+        "[server] tick 1 pushed to 2 clients",
+        "[server] tick 2 pushed to 2 clients",
+        "[server] tick 3 pushed to 2 clients",
+        "[ann] ticks received: [1, 2, 3]",
+        "[bob] ticks received: [1, 2, 3]",
+        "[server] connection #3 answered 'got it'",
+        "[bob] messages: ['your export is ready']",
+        "[server] bob (connection #3) disconnected: code 1000, clean close",
+        "[server] server.acceptors.get(3) -> None",
+        "[server] directory: {'ann': 2}",
+        '[http] GET /health -> 200 application/json {"status": "ok", "clients": 1}',
+        "[server] ann (connection #2) disconnected: code 1001, clean close",
+        "[server] closed",
     ]
 
 

@@ -77,6 +77,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._close_request_hooks: list[CloseRequestHook] = []
         self._closed_hooks: list[ClosedHook[Self]] = []
         self._in_close_hooks = False
+        self._connecting: asyncio.Future[None] | None = None
         self._groups: set[str] = set()
         ws.on_close_frame = self._on_close_frame
 
@@ -208,7 +209,13 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
                 await self._tgrid_barrier()
         except ConnectionClosed as exc:
             raise ConnectionClosedError(*close_info(exc)) from None
-        await self._server._run_connect_hooks(self)
+        # Close hooks wait for these: on_disconnect never runs before (or
+        # during) on_connect for the same connection, however fast it closes.
+        self._connecting = asyncio.get_running_loop().create_future()
+        try:
+            await self._server._run_connect_hooks(self)
+        finally:
+            self._connecting.set_result(None)
 
     async def _tgrid_barrier(self) -> None:
         # TGrid's client installs its message handler only after an await
@@ -344,6 +351,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if self._closed.is_set():
             return
         self._close_info = info
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
         self._in_close_hooks = True
         try:
             for hook in self._closed_hooks:

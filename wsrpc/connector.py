@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,6 +24,7 @@ from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
 from .driver import Driver
 from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
+from .http import HeadersView
 from .messages import CloseCode
 from .protocol import RpcProtocol, Side
 from .states import CloseInfo, ConnectorState
@@ -104,6 +105,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         )
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None
+        self._ws: ClientConnection | None = None
         self._driver: Driver | None = None
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
@@ -114,6 +116,15 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     def header(self) -> HeaderT:
         """The header this connector sends."""
         return self._header
+
+    @property
+    def response_headers(self) -> Mapping[str, str]:
+        """
+        The HTTP headers of the server's upgrade response (read-only,
+        case-insensitive), e.g. a ``Set-Cookie``; empty before connect().
+        """
+        response = self._ws.response if self._ws is not None else None
+        return HeadersView(response.headers) if response is not None else MappingProxyType({})
 
     @property
     def state(self) -> ConnectorState:
@@ -169,6 +180,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 raise RpcTimeoutError(f"connect to {url} timed out after {timeout} s") from None
             raise
         ws.on_close_frame = self._on_close_frame  # type: ignore[attr-defined]
+        self._ws = ws
         self._communicator = Communicator(
             ws,
             protocol,

@@ -99,19 +99,23 @@ def notify(
     count = 0
     for member in members:
         if member.state is AcceptorState.OPEN:
-            server._track(_quietly(member, call, timeout))
+            # Made now, not when the task runs, so that the call sees the
+            # values of now: notify(lambda c: c.tick(n)) in a loop sends each n.
+            try:
+                awaitable = call(member.get_driver(timeout=timeout))
+            except Exception as exc:
+                logger.debug("notification to connection %d failed: %r", member.id, exc)
+                continue
+            server._track(_quietly(member.id, awaitable))
             count += 1
     return count
 
 
-async def _quietly(
-    member: WebSocketAcceptor[Any, Any, RemoteT],
-    call: Callable[[RemoteT], Awaitable[Any]],
-    timeout: float | None,
-) -> None:
-    outcome = await _one(member, call, timeout)
-    if outcome.error is not None:
-        logger.debug("notification to connection %d failed: %r", member.id, outcome.error)
+async def _quietly(member_id: int, awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        logger.debug("notification to connection %d failed: %r", member_id, exc)
 
 
 class Group(Generic[HeaderT, ProviderT, RemoteT]):
@@ -137,20 +141,24 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
     def _members(self) -> dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]:
         return self._server._groups.get(self._name, {})
 
-    def add(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
+    def add(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> bool:
         """
         Make ``acceptor`` a member (no effect if it already is).
 
+        Returns False, and adds nothing, when the connection is already
+        closing or closed (a client may leave at any moment, even right after
+        being accepted): a closed connection never lingers in a group.
+
         Raises:
-            StateError: the acceptor is closing or closed, or belongs to
-                another server.
+            StateError: the acceptor belongs to another server.
         """
         if acceptor._server is not self._server:
             raise StateError("that connection belongs to another server")
         if acceptor.is_closed:
-            raise StateError(f"cannot join {self._name!r}: the connection is closing or closed")
+            return False
         self._server._groups.setdefault(self._name, {})[acceptor.id] = acceptor
         acceptor._groups.add(self._name)
+        return True
 
     def discard(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
         """Remove ``acceptor`` if it is a member."""
