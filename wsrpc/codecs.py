@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import msgpack
 
+from ._msgpack_scan import MAX_DEPTH, Refused, check_declared
 from .exceptions import EncodeError, ProtocolError
 from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
 
@@ -31,8 +32,10 @@ _MAX_UID = 2**63 - 1
 
 # Bytes that may start a msgpack map (fixmap, map16, map32) or ext value.
 _MAP_OR_EXT = re.compile(b"[\x80-\x8f\xde\xdf\xc7-\xc9\xd4-\xd8]")
+# Bytes that may start an array or a map with a 16- or 32-bit length.
+_WIDE_CONTAINER = re.compile(b"[\xdc-\xdf]")
 # msgpack's decoder nests at most this deep (its fixed stack size).
-_DECODER_DEPTH = 1000
+_DECODER_DEPTH = MAX_DEPTH
 # Every byte but those that may start an array or a map.
 _NOT_CONTAINERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
@@ -169,6 +172,11 @@ class MsgpackCodec:
     def decode(self, frame: bytes | str) -> Message:
         if isinstance(frame, str):
             raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
+        if _WIDE_CONTAINER.search(frame) is not None:
+            try:
+                check_declared(frame)
+            except Refused as exc:
+                raise ProtocolError(CloseCode.INVALID_PAYLOAD, str(exc)) from None
         limit = self._max_container_len
         try:
             if limit is None:

@@ -1,0 +1,96 @@
+"""
+A structural pre-check of msgpack frames, against amplification.
+
+msgpack's C decoder allocates each array and map at the size its header
+declares before it reads a single element, and an array32 header declares up
+to 2**32 - 1 elements in five bytes. Nested a thousand deep, a few kilobytes
+of headers make it allocate gigabytes for a frame it then rejects as
+truncated. :func:`check_declared` walks the frame's headers without building
+anything and refuses it when its containers declare more elements in total
+than the frame has bytes (every element takes at least one byte, so a valid
+frame never does) or nest deeper than the decoder allows.
+
+Only frames holding a 16- or 32-bit array or map header can amplify much
+(the fixed-size headers declare at most 15 elements), so the codec runs the
+walk only on frames containing one of those header bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_DEPTH", "check_declared"]
+
+MAX_DEPTH = 1000
+"""Deepest nesting accepted; msgpack's decoder stack allows about 1024."""
+
+# Size of the fixed part of each scalar type byte 0xc0-0xdf (None: a container
+# or a variable length, handled below; 0xc1 is never used).
+_FIXED = {
+    0xC0: 1, 0xC2: 1, 0xC3: 1,  # nil, false, true
+    0xCA: 5, 0xCB: 9,  # float 32, 64
+    0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9,  # uint 8-64
+    0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9,  # int 8-64
+    0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18,  # fixext 1-16
+}  # fmt: skip
+# Variable-length types: (bytes of the length field, extra fixed bytes).
+_VARIABLE = {
+    0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0),  # bin 8-32
+    0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),  # ext 8-32 (plus the type byte)
+    0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),  # str 8-32
+}  # fmt: skip
+# Containers with a length field: (bytes of the length field, elements per entry).
+_CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+class Refused(ValueError):
+    """The frame declares more than it holds, or nests too deep."""
+
+
+def check_declared(frame: bytes) -> None:
+    """
+    Raise :exc:`Refused` when ``frame``'s containers declare more elements in
+    total than it has bytes, or nest deeper than :data:`MAX_DEPTH`.
+
+    Frames that are merely truncated or malformed pass: the decoder reports
+    those itself.
+    """
+    size = len(frame)
+    budget = size
+    position = 0
+    open_counts = [1]  # objects still to read in each open container
+    while open_counts:
+        if position >= size:
+            return  # truncated: the decoder says so
+        byte = frame[position]
+        open_counts[-1] -= 1
+        count = 0
+        if byte <= 0x7F or byte >= 0xE0:  # positive and negative fixint
+            position += 1
+        elif byte <= 0x8F:  # fixmap
+            count = (byte & 0x0F) * 2
+            position += 1
+        elif byte <= 0x9F:  # fixarray
+            count = byte & 0x0F
+            position += 1
+        elif byte <= 0xBF:  # fixstr
+            position += 1 + (byte & 0x1F)
+        elif byte in _FIXED:
+            position += _FIXED[byte]
+        elif byte in _VARIABLE:
+            width, extra = _VARIABLE[byte]
+            length = int.from_bytes(frame[position + 1 : position + 1 + width], "big")
+            position += 1 + width + extra + length
+        elif byte in _CONTAINER:
+            width, per_entry = _CONTAINER[byte]
+            count = int.from_bytes(frame[position + 1 : position + 1 + width], "big") * per_entry
+            position += 1 + width
+        else:
+            return  # 0xc1, never used: the decoder refuses it
+        if count:
+            budget -= count
+            if budget < 0:
+                raise Refused("containers declare more elements than the frame holds")
+            open_counts.append(count)
+            if len(open_counts) > MAX_DEPTH:
+                raise Refused(f"nested deeper than {MAX_DEPTH} levels")
+        while open_counts and open_counts[-1] == 0:
+            open_counts.pop()
