@@ -10,6 +10,9 @@ calls the other's provider through ``get_driver()``, typed as the remote's
 
 from __future__ import annotations
 
+# The blocking API lives in wsrpc.sync; imported so that ``import wsrpc`` is
+# enough to reach wsrpc.sync.WebSocketConnector.
+from . import sync as sync
 from .acceptor import WebSocketAcceptor
 from .blocking import blocking
 from .codecs import MsgpackCodec

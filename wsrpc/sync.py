@@ -18,8 +18,8 @@ for code that runs in other threads.
 
 The threading model, for both:
 
-* Every blocking method submits a coroutine to the event loop
-  (:func:`asyncio.run_coroutine_threadsafe`) and waits for it. Any number of
+* Every blocking method submits a coroutine to the event loop, as
+  :func:`asyncio.run_coroutine_threadsafe` does, and waits for it. Any number of
   threads may use one connector or acceptor, and the drivers obtained from
   it, at once: their calls travel concurrently over the one connection, just
   as concurrent tasks' calls do.
@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
@@ -80,7 +82,14 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class _Portal:
-    """Runs coroutines on an event loop from other threads, and waits for them."""
+    """
+    Runs coroutines on an event loop from other threads, and waits for them.
+
+    Like :func:`asyncio.run_coroutine_threadsafe`, except that the waiting
+    thread makes the future itself before anything is scheduled, so that an
+    interruption at any point after that (a ``KeyboardInterrupt`` can strike
+    between any two bytecodes) still cancels the call.
+    """
 
     def __init__(
         self,
@@ -91,6 +100,8 @@ class _Portal:
         self.loop = loop
         self._owner = owner
         self._closed_error = closed_error
+        self._tasks: set[asyncio.Task[Any]] = set()
+        """The callers' running tasks (used on the loop only): kept alive here."""
 
     def check_thread(self, action: str) -> None:
         """Raise StateError in the event loop's own thread, where waiting deadlocks."""
@@ -102,42 +113,88 @@ class _Portal:
 
     def run(self, coro: Coroutine[Any, Any, T], action: str) -> T:
         """Run ``coro`` on the loop; block until it returns, and return its result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
             self.check_thread(action)
-            future = self._submit(coro)
+            self._check_open()
         except BaseException:
             coro.close()  # never scheduled: no "never awaited" warning
             raise
-        return self._wait(future)
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        if self.loop.is_closed():
-            raise self._closed_error()
         try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop closed in between
-            raise self._closed_error() from None
-
-    def _wait(self, future: concurrent.futures.Future[T]) -> T:
-        try:
-            while True:
-                try:
-                    return future.result(_POLL_INTERVAL)
-                except TimeoutError:
-                    if future.done():
-                        raise  # the call's own RpcTimeoutError
-                    if self.loop.is_closed():
-                        break  # closed under a pending call that will never finish
-        except concurrent.futures.CancelledError:
-            # Only the loop's shutdown cancels it: the connection is gone.
-            raise self._closed_error() from None
+            self._schedule(coro, future)
+            return self._wait(future)
         except BaseException:
             # The call's own error (cancelling a finished future does
-            # nothing), or this thread was interrupted while waiting: cancel
-            # the call, which cancels it on the peer too.
+            # nothing), or this thread was interrupted: cancel the call,
+            # which cancels it on the peer too.
             future.cancel()
             raise
-        raise self._closed_error()
+
+    def _check_open(self) -> None:
+        if self.loop.is_closed():
+            raise self._closed_error()
+
+    def _schedule(self, coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T]) -> None:
+        """Have the loop run ``coro`` and report to ``future``, or raise the closed error."""
+        try:
+            self.loop.call_soon_threadsafe(self._start, coro, future)
+        except RuntimeError:  # the loop closed since _check_open
+            coro.close()
+            raise self._closed_error() from None
+
+    def _start(self, coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T]) -> None:
+        # On the loop.
+        if future.cancelled():  # the caller gave up before it started
+            coro.close()
+            return
+        task = self.loop.create_task(coro)
+        task.add_done_callback(functools.partial(self._report, future))
+        self._track(task)
+        future.add_done_callback(functools.partial(self._cancel, task))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+
+    def _cancel(self, task: asyncio.Task[Any], future: concurrent.futures.Future[Any]) -> None:
+        # In whichever thread finished the future: cancel the task if the
+        # caller cancelled the future.
+        if future.cancelled() and not task.done():
+            try:
+                self.loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass  # the loop is closed: the task is gone with it
+
+    @staticmethod
+    def _report(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+        # On the loop, once the task is done: hand its outcome to the caller.
+        if task.cancelled():
+            future.cancel()
+            return
+        error = task.exception()  # retrieved, so asyncio never logs it as lost
+        if not future.set_running_or_notify_cancel():
+            return  # the caller gave up
+        if error is None:
+            future.set_result(task.result())
+        else:
+            future.set_exception(error)
+
+    def _wait(self, future: concurrent.futures.Future[T]) -> T:
+        while True:
+            try:
+                return future.result(_POLL_INTERVAL)
+            except concurrent.futures.CancelledError:
+                # Only the loop's shutdown cancels it: the connection is gone.
+                raise self._closed_error() from None
+            except TimeoutError:
+                if future.done():
+                    raise  # the call's own RpcTimeoutError
+                if self.loop.is_closed():
+                    # Closed under a pending call that will never finish.
+                    raise self._closed_error() from None
 
 
 class _LoopThread(_Portal):
@@ -145,7 +202,7 @@ class _LoopThread(_Portal):
     A portal to an event loop of its own, running in a daemon thread.
 
     :meth:`stop_soon` refuses new coroutines and stops the loop once those
-    already submitted have returned, so that no caller ever waits on a
+    already scheduled have returned, so that no caller ever waits on a
     coroutine the stopped loop will not finish.
     """
 
@@ -158,8 +215,10 @@ class _LoopThread(_Portal):
         super().__init__(asyncio.new_event_loop(), "this connector", closed_error)
         self._on_exit = on_exit
         self._lock = threading.Lock()
-        self._busy = 0
         self._stopping = False
+        # Used on the loop only: the stop's progress.
+        self._stop_requested = False
+        self._stop_called = False
         # The loop's own default executor (what wsrpc.blocking provider
         # methods run in), so that its threads are known: one of them may
         # close the connector, and must not wait for the loop's thread, which
@@ -176,23 +235,32 @@ class _LoopThread(_Portal):
     def _register_worker(self) -> None:
         self._workers.add(threading.get_ident())
 
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise self._closed_error()
+
+    def _schedule(self, coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T]) -> None:
         with self._lock:
             if self._stopping:
+                coro.close()
                 raise self._closed_error()
-            self._busy += 1
-            return asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+            # Scheduled before stop_soon's _stop_if_idle: it runs first.
+            self.loop.call_soon_threadsafe(self._start, coro, future)
 
-    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            return await coro
-        finally:
-            with self._lock:
-                self._busy -= 1
-                if self._stopping and self._busy == 0:
-                    # The result reaches its waiting thread through a callback
-                    # that _main's cleanup runs, after the loop stops.
-                    self.loop.stop()
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        super()._untrack(task)
+        if self._stop_requested:
+            self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
+        # On the loop, first from stop_soon: every _start scheduled before it
+        # has run by then, and none can be scheduled after it. Results reach
+        # their waiting threads through task callbacks scheduled along with
+        # this one, which _main's cleanup runs after the loop stops.
+        self._stop_requested = True
+        if not self._tasks and not self._stop_called:
+            self._stop_called = True
+            self.loop.stop()
 
     def stop_soon(self) -> None:
         """Refuse new coroutines; stop the loop once the running ones have returned."""
@@ -200,19 +268,18 @@ class _LoopThread(_Portal):
             if self._stopping:
                 return
             self._stopping = True
-            if self._busy == 0:
-                self.loop.call_soon_threadsafe(self.loop.stop)
+            self.loop.call_soon_threadsafe(self._stop_if_idle)
 
     def stop(self) -> None:
         """:meth:`stop_soon`, then :meth:`join_thread`."""
         self.stop_soon()
         self.join_thread()
 
-    def join_thread(self) -> None:
+    def join_thread(self, timeout: float | None = None) -> None:
         """Wait for the thread to end, unless that would wait for this thread."""
         if threading.current_thread() is not self._thread:
             if threading.get_ident() not in self._workers:
-                self._thread.join()
+                self._thread.join(timeout)
 
     def _main(self) -> None:
         loop = self.loop
@@ -222,10 +289,9 @@ class _LoopThread(_Portal):
             # Callbacks the last iteration scheduled (results on their way to
             # waiting threads) run first, then whatever tasks were left over
             # (none, unless a provider started some) are cancelled.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
+            while tasks := asyncio.all_tasks(loop):
+                for task in tasks:
+                    task.cancel()
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
@@ -318,6 +384,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         codec: CodecName | Codec = "msgpack",
+        additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
             header,
@@ -331,6 +398,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
             codec=codec,
+            additional_headers=additional_headers,
         )
         self._lock = threading.Lock()
         self._portal: _LoopThread | None = None
@@ -342,6 +410,14 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     def header(self) -> HeaderT:
         """The header this connector sends."""
         return self._inner.header
+
+    @property
+    def response_headers(self) -> Mapping[str, str]:
+        """
+        The HTTP headers of the server's upgrade response (read-only,
+        case-insensitive); empty before connect().
+        """
+        return self._inner.response_headers
 
     @property
     def state(self) -> ConnectorState:
@@ -426,8 +502,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         Close the connection and stop the event loop thread; return once done.
 
         Every call pending on either side fails at once with
-        :exc:`~wsrpc.ConnectionClosedError`. Idempotent; closing a connector
-        that never connected just marks it ``CLOSED``.
+        :exc:`~wsrpc.ConnectionClosedError`. The thread stops once the
+        provider's :func:`wsrpc.blocking` methods still running in worker
+        threads have returned (unless one of them is closing). Idempotent;
+        closing a connector that never connected just marks it ``CLOSED``.
 
         Raises:
             ValueError: the code may not be sent, or the reason is too long.
@@ -454,6 +532,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         Wait until the connection is closed and the event loop thread has
         stopped; return how the connection ended.
 
+        The thread stops once the provider's :func:`wsrpc.blocking` methods
+        still running in worker threads have returned: with a ``timeout``,
+        this returns when the connection is closed even if one has not.
+
         Raises:
             RpcTimeoutError: still open after ``timeout`` seconds.
             StateError: called from the connector's own event loop thread.
@@ -461,11 +543,13 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         portal = self._portal
         if portal is not None:
             portal.check_thread("join")
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._done.wait(timeout):
             raise RpcTimeoutError(f"the connection is still open after {timeout} s")
         portal = self._portal
         assert portal is not None
-        portal.join_thread()
+        # The thread is ending; it may still wait for wsrpc.blocking methods.
+        portal.join_thread(None if deadline is None else max(0.0, deadline - time.monotonic()))
         info = self._inner.close_info
         assert info is not None
         return info
@@ -596,8 +680,8 @@ class ThreadsafeAcceptor(Generic[SyncRemoteT]):
             StateError: called from the server's event loop thread.
         """
         info = self._acceptor.close_info
-        if info is not None:
-            return info
+        if info is not None and self._acceptor.state is AcceptorState.CLOSED:
+            return info  # no need for the loop, which may be closed by now
         return self._portal.run(self._join(timeout), "join")
 
     async def _join(self, timeout: float | None) -> CloseInfo:
