@@ -95,8 +95,12 @@ class Communicator:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._backlog: deque[tuple[Call, Callable[..., Any]]] = deque()
         self._room = asyncio.Event()
+        # We never have more calls in flight to the peer than it runs at once,
+        # nor more than we run ourselves: a peer advertising a huge limit (or
+        # none: TGrid) must not make us buffer without bound.
         peer_limit = protocol.peer_max_calls
-        self._credit = asyncio.Semaphore(peer_limit) if peer_limit is not None else None
+        limit = protocol.max_calls if peer_limit is None else min(peer_limit, protocol.max_calls)
+        self._credit = asyncio.Semaphore(limit)
         self._background: set[asyncio.Task[Any]] = set()
         self.closed: ConnectionClosedError | None = None
         """Why the connection closed; None while it is open."""
@@ -127,8 +131,7 @@ class Communicator:
         if self.closed is not None:
             raise self._closed_error()
         credit = self._credit
-        if credit is not None:
-            await credit.acquire()
+        await credit.acquire()
         try:
             if self.closed is not None:
                 raise self._closed_error()
@@ -156,8 +159,7 @@ class Communicator:
                     # mark the error as seen so asyncio does not log it.
                     future.exception()
         finally:
-            if credit is not None:
-                credit.release()
+            credit.release()
 
     def _closed_error(self) -> ConnectionClosedError:
         closed = self.closed

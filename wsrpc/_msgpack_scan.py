@@ -17,11 +17,15 @@ walk only on frames containing one of those header bytes.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["MAX_DEPTH", "check_declared"]
 
 MAX_DEPTH = 1000
 """Deepest nesting accepted; msgpack's decoder stack allows about 1024."""
 
+_ONE_BYTE = frozenset([*range(0x00, 0x80), 0xC0, 0xC2, 0xC3, *range(0xE0, 0x100)])
+_ONE_BYTE_RUN = re.compile(b"[\x00-\x7f\xc0\xc2\xc3\xe0-\xff]+")
 # Size of the fixed part of each scalar type byte 0xc0-0xdf (None: a container
 # or a variable length, handled below; 0xc1 is never used).
 _FIXED = {
@@ -61,11 +65,20 @@ def check_declared(frame: bytes) -> None:
         if position >= size:
             return  # truncated: the decoder says so
         byte = frame[position]
+        if byte in _ONE_BYTE:
+            # A run of one-byte values (nil, booleans, small ints) is skipped
+            # at C speed: the cheapest elements an attacker can send.
+            run = _ONE_BYTE_RUN.match(frame, position)
+            assert run is not None
+            taken = min(run.end() - position, open_counts[-1])
+            open_counts[-1] -= taken
+            position += taken
+            while open_counts and open_counts[-1] == 0:
+                open_counts.pop()
+            continue
         open_counts[-1] -= 1
         count = 0
-        if byte <= 0x7F or byte >= 0xE0:  # positive and negative fixint
-            position += 1
-        elif byte <= 0x8F:  # fixmap
+        if byte <= 0x8F:  # fixmap (fixints were taken as runs above)
             count = (byte & 0x0F) * 2
             position += 1
         elif byte <= 0x9F:  # fixarray
