@@ -533,3 +533,37 @@ async def test_get_driver_refuses_a_non_positive_timeout() -> None:
         for bad in (0, -1.0):
             with pytest.raises(ValueError):
                 connector.get_driver(timeout=bad)
+
+
+async def test_callback_chains_do_not_deadlock_at_a_limit_of_one() -> None:
+    # client -> server -> client -> server ... 6 hops, one slot on each side:
+    # each callback is a nested call, let past the slot its ancestor holds.
+    class Side:
+        def __init__(self) -> None:
+            self.driver: Any = None
+
+        async def nest(self, depth: int) -> int:
+            if depth == 0:
+                return 0
+            result: int = await self.driver.nest(depth - 1)
+            return result + 1
+
+    server_side = Side()
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(server_side)
+        server_side.driver = acceptor.get_driver()
+
+    async with running_server(handler, max_concurrent_calls=1) as server:
+        client_side = Side()
+        connector: wsrpc.WebSocketConnector[None, Side, Any] = wsrpc.WebSocketConnector(
+            None, client_side, max_concurrent_calls=1
+        )
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        client_side.driver = connector.get_driver()
+        async with asyncio.timeout(5 * UNIT):
+            assert await client_side.driver.nest(6) == 6
+            # Several chains at once: the top-level calls queue for the one
+            # slot, their callbacks never do.
+            assert await asyncio.gather(*(client_side.driver.nest(5) for _ in range(4))) == [5] * 4
+        await connector.close()

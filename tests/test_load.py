@@ -219,16 +219,9 @@ async def test_nested_callbacks_under_load_reach_their_callers() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsrpc bug: nested callbacks deadlock once a side's concurrent calls reach "
-    "the peer's max_concurrent_calls (every slot is held by a call that waits on a "
-    "callback, which needs a slot to call back); see the report on the hardening issue",
-)
 async def test_nested_callbacks_at_the_default_limits_do_not_deadlock() -> None:
-    # 300 concurrent calls nesting up to 3 deep, default limits (128): the
-    # caller's credit is exhausted by top-level calls whose callbacks then
-    # wait for credit to call back.
+    # 300 concurrent calls nesting up to 3 deep, default limits (128): top-level
+    # calls take every slot, and their callbacks, marked as nested, go past.
     await nested_load(clients=1, calls=300, max_depth=3, seed=7, timeout=3 * UNIT)
 
 

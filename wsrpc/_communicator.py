@@ -16,6 +16,15 @@ reading, pushing back on TCP. Replies, cancellations and pings therefore keep
 flowing while this side is busy, so that calls waiting on calls to the other
 side cannot deadlock.
 
+Nested calls. A call a provider method makes back to the same peer while it
+serves one of the peer's calls (a callback, a callback of a callback...)
+carries that call's id as its ``parent``. It skips the caller's semaphore,
+and the callee runs it even when its slots are full, as long as it has
+fewer such nested calls running than it has calls of its own waiting on
+the peer (a parent must be one of those). Chains of callbacks of any depth
+thus never wait for slots their own ancestors hold, and a peer faking
+parents gains at most as many extra running calls as we have calls out.
+
 Closing. Whoever notices first — a local :meth:`close`, a close frame, a
 dropped socket, a protocol violation — calls :meth:`_finish`, which fails
 every pending call with one :exc:`ConnectionClosedError` and cancels every
@@ -26,6 +35,7 @@ resolves :meth:`join`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections import deque
@@ -44,6 +54,11 @@ from .states import CloseInfo
 __all__ = ["Communicator", "close_info", "close_info_of"]
 
 logger = logging.getLogger("wsrpc")
+
+_serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.ContextVar(
+    "wsrpc_serving", default=None
+)
+"""The communicator and the incoming call id the current task is serving."""
 
 
 def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
@@ -93,8 +108,11 @@ class Communicator:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._backlog: deque[tuple[Call, Callable[..., Any]]] = deque()
-        self._room = asyncio.Event()
+        self._nested: set[int] = set()  # ids of running nested calls (not counted)
+        # Calls over the limit, and the event the receive loop waits on when
+        # they are too many: made on first use (honest peers never need them).
+        self._backlog: deque[tuple[Call, Callable[..., Any]]] | None = None
+        self._room: asyncio.Event | None = None
         # We never have more calls in flight to the peer than it runs at once,
         # nor more than we run ourselves: a peer advertising a huge limit (or
         # none: TGrid) must not make us buffer without bound.
@@ -130,12 +148,18 @@ class Communicator:
     async def _call(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.closed is not None:
             raise self._closed_error()
-        credit = self._credit
-        await credit.acquire()
+        serving = _serving.get()
+        parent = None
+        if serving is not None and serving[0] is self and serving[1] in self._running:
+            parent = serving[1]  # made while serving that call, which still runs
+        # A nested call takes no slot: its ancestors hold them (see above).
+        credit = self._credit if parent is None else None
+        if credit is not None:
+            await credit.acquire()
         try:
             if self.closed is not None:
                 raise self._closed_error()
-            uid, frame = self._protocol.send_call(path, list(args), kwargs or None)
+            uid, frame = self._protocol.send_call(path, list(args), kwargs or None, parent)
             future = self._loop.create_future()
             self._pending[uid] = future
             try:
@@ -159,7 +183,8 @@ class Communicator:
                     # mark the error as seen so asyncio does not log it.
                     future.exception()
         finally:
-            credit.release()
+            if credit is not None:
+                credit.release()
 
     def _closed_error(self) -> ConnectionClosedError:
         closed = self.closed
@@ -233,6 +258,12 @@ class Communicator:
                     self._on_cancel(message.uid)
         except ConnectionClosed as exc:
             self._finish(ConnectionClosedError(*close_info(exc)))
+        except asyncio.CancelledError:
+            # The event loop is shutting down (asyncio.run() ending with the
+            # connection still open): no time for a closing handshake.
+            self._finish(ConnectionClosedError(CloseCode.ABNORMAL, "event loop shutting down"))
+            self._ws.transport.abort()
+            raise
         except Exception:  # pragma: no cover - a bug in wsrpc, not the peer's doing
             logger.exception("unexpected error in the receive loop")
             await self._abort(CloseCode.INTERNAL_ERROR, "internal error")
@@ -285,9 +316,21 @@ class Communicator:
             # A plain function that returned an awaitable (a decorator's
             # wrapper around a coroutine function): await it in a task.
             func = _returning(result)
-        if len(self._running) < self._protocol.max_calls:
+        protocol = self._protocol
+        if (
+            call.parent is not None
+            and call.parent in protocol.outgoing
+            and len(self._nested) < len(protocol.outgoing)
+        ):
+            self._nested.add(uid)  # a callback of one of our calls: runs now
             self._start(call, func)
             return
+        if len(self._running) - len(self._nested) < protocol.max_calls:
+            self._start(call, func)
+            return
+        if self._backlog is None:
+            self._backlog, self._room = deque(), asyncio.Event()
+        assert self._room is not None
         self._backlog.append((call, func))
         if len(self._backlog) >= self._protocol.max_calls:
             # The peer ignores our limit: stop reading until a slot frees.
@@ -299,6 +342,7 @@ class Communicator:
 
     async def _run(self, call: Call, func: Callable[..., Any]) -> None:
         uid = call.uid
+        _serving.set((self, uid))  # this task's own context: calls it makes are nested
         try:
             try:
                 coro = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
@@ -324,12 +368,16 @@ class Communicator:
             pass  # the connection is going away; the receive loop reports it
         finally:
             del self._running[uid]
+            self._nested.discard(uid)
             self._pump_backlog()
 
     def _pump_backlog(self) -> None:
-        while self._backlog and len(self._running) < self._protocol.max_calls:
-            self._start(*self._backlog.popleft())
-        if len(self._backlog) < self._protocol.max_calls:
+        backlog = self._backlog
+        if not backlog:
+            return
+        while backlog and len(self._running) - len(self._nested) < self._protocol.max_calls:
+            self._start(*backlog.popleft())
+        if len(backlog) < self._protocol.max_calls and self._room is not None:
             self._room.set()
 
     def _on_cancel(self, uid: int) -> None:
@@ -337,8 +385,9 @@ class Communicator:
         if task is not None:
             task.cancel()
             return
-        for entry in self._backlog:
+        for entry in self._backlog or ():
             if entry[0].uid == uid:
+                assert self._backlog is not None
                 self._backlog.remove(entry)
                 self._protocol.drop_incoming(uid)
                 return
@@ -356,8 +405,10 @@ class Communicator:
         self._pending.clear()
         for task in self._running.values():
             task.cancel()
-        self._backlog.clear()
-        self._room.set()
+        if self._backlog is not None:
+            self._backlog.clear()
+        if self._room is not None:
+            self._room.set()
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection: pending calls fail now, then the handshake runs."""

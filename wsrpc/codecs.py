@@ -121,7 +121,9 @@ class MsgpackCodec:
         if kind is Call:
             assert isinstance(message, Call)
             obj = [_CALL, message.uid, message.path, message.args]
-            if message.kwargs:
+            if message.parent is not None:
+                obj += [message.kwargs or None, message.parent]
+            elif message.kwargs:
                 obj.append(message.kwargs)
         elif kind is Return:
             assert isinstance(message, Return)
@@ -203,18 +205,19 @@ class MsgpackCodec:
             raise _bad("a message must be a non-empty msgpack array")
         kind = obj[0]
         size = len(obj)
-        if kind == _CALL and (size == 4 or size == 5) and type(kind) is int:
+        if kind == _CALL and 4 <= size <= 6 and type(kind) is int:
             path, args = obj[2], obj[3]
             if type(path) is not str:
                 raise _bad("call path must be a string")
             if type(args) is not list:
                 raise _bad("call arguments must be an array")
-            kwargs = obj[4] if size == 5 else None
+            kwargs = obj[4] if size >= 5 else None
             if kwargs is not None and type(kwargs) is not dict:
                 raise _bad("call keyword arguments must be a map")
             if kwargs is not None and not all(type(key) is str for key in kwargs):
                 raise _bad("keyword argument names must be strings")
-            return Call(_uid(obj[1]), path, args, kwargs)
+            parent = _uid(obj[5]) if size == 6 else None
+            return Call(_uid(obj[1]), path, args, kwargs, parent)
         if kind == _RETURN and size == 3 and type(kind) is int:
             return Return(_uid(obj[1]), obj[2])
         if kind == _ERROR and size == 5 and type(kind) is int:

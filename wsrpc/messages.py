@@ -83,6 +83,10 @@ class Call:
     path: str
     args: list[Any]
     kwargs: dict[str, Any] | None = None
+    parent: int | None = None
+    """When the caller makes this call while serving one of the callee's
+    calls (a callback), that call's id: the callee lets such nested calls
+    past its concurrency limit, so that chains of callbacks cannot deadlock."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,11 @@ class RpcProtocol:
     # -- open: sending -------------------------------------------------------
 
     def send_call(
-        self, path: str, args: list[Any], kwargs: dict[str, Any] | None
+        self,
+        path: str,
+        args: list[Any],
+        kwargs: dict[str, Any] | None,
+        parent: int | None = None,
     ) -> tuple[int, bytes | str]:
         """
         Start a call: return its id and the frame to send.
@@ -146,7 +150,7 @@ class RpcProtocol:
         if self.phase is not Phase.OPEN:
             raise RuntimeError("send_call() before the handshake completed")
         uid = self._next_uid
-        frame = self.codec.encode(Call(uid, path, args, kwargs))
+        frame = self.codec.encode(Call(uid, path, args, kwargs, parent))
         limit = self.peer_max_size
         if limit is not None and len(frame) > limit:
             raise EncodeError(

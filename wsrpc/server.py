@@ -322,7 +322,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             return
         acceptor_id = next(self._ids)
         assert isinstance(ws, ReportingServerConnection)
-        acceptor = WebSocketAcceptor[HeaderT, ProviderT, RemoteT](TOKEN, self, ws, acceptor_id)
+        # The plain class, not WebSocketAcceptor[...]: a subscripted call
+        # would store __orig_class__ on every connection.
+        acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT] = WebSocketAcceptor(
+            TOKEN, self, ws, acceptor_id
+        )
         self._acceptors[acceptor_id] = acceptor
         try:
             await acceptor._run(self._handler, self._header_timeout)
