@@ -169,10 +169,14 @@ async def test_close_info_tells_failure_from_graceful_close() -> None:
 
 
 async def test_server_side_close_is_not_by_peer() -> None:
+    requests: list[tuple[int, str]] = []
     async with running_server(accept_service) as server:
         async with clients(server, 1) as [(connector, _)]:
             (acceptor,) = server.acceptors.values()
+            # The client's answer to our close frame is no request to close.
+            acceptor.on_close_request(lambda code, reason: requests.append((code, reason)))
             await acceptor.close(4001, "kicked")
+            assert requests == []
             assert acceptor.close_info == CloseInfo(4001, "kicked", clean=True, by_peer=False)
             async with asyncio.timeout(5 * UNIT):
                 assert await connector.join() == CloseInfo(4001, "kicked", True, by_peer=True)

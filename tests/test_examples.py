@@ -147,6 +147,23 @@ def test_push() -> None:
     ]
 
 
+def test_threads() -> None:
+    lines = run_example("threads")
+    # The keys are pbkdf2 outputs: fixed for fixed passwords.
+    assert lines == [
+        "keys derived by 4 threads: 98c35e42f8cbd74c, b5735649d9e161c2, "
+        "ea5ed4a5f520e449, 580514b839d062bf",
+        "while derive() runs, ping() -> pong",
+        "derive('slow') -> 94ebb64791e53351",
+        "the client got: ['hello from a worker thread'] and answered ['thanks']",
+        "the client saw the close: 4000 'job done'",
+        "server hooks:",
+        "  inbox gone: 4000 'job done', clean, by the server",
+        "  threads asked to close: 1000 ''",
+        "  threads gone: 1000 '', clean, by the client",
+    ]
+
+
 def test_demo() -> None:
     lines = [line.strip() for line in run_example("demo")]
     assert lines[0].startswith("wsrpc demo: a server listens on ws://127.0.0.1:")

@@ -26,8 +26,10 @@ _CLOSE = Opcode.CLOSE
 def _report(
     connection: ServerConnection | ClientConnection, callback: CloseFrameCallback | None
 ) -> None:
-    close = connection.protocol.close_rcvd
-    if callback is not None and close is not None:
+    protocol = connection.protocol
+    close = protocol.close_rcvd
+    # Only a close the peer started: not its answer to the one we sent.
+    if callback is not None and close is not None and protocol.close_rcvd_then_sent:
         callback(close.code, close.reason)
 
 
