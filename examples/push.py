@@ -31,8 +31,7 @@ Things worth noticing:
 
 The health check is fetched with :mod:`urllib` in a thread (it blocks), and
 the cookie is read with a plain ``websockets`` client, as a browser would
-see it: :class:`wsrpc.WebSocketConnector` does not show the upgrade's
-response headers.
+see it (a wsrpc client reads it as ``connector.response_headers``).
 
 Run it::
 
@@ -144,9 +143,8 @@ class Push:
 
 def tick(n: int) -> Callable[[ListenerRemote], Awaitable[None]]:
     """The call that pushes tick ``n`` to one client, typed against ``ListenerRemote``."""
-    # A function, not a lambda written in the ticker's loop: notify() makes
-    # each call later, in a task of its own, and a lambda closing over the
-    # loop variable would read whatever ``n`` is by then.
+    # One function per tick keeps each call's ``n`` explicit (notify() makes
+    # its calls at once, so a lambda in the loop would work too).
     return lambda client: client.on_tick(n)
 
 

@@ -103,7 +103,7 @@ def check_declared(frame: bytes) -> None:
             if budget < 0:
                 raise Refused("containers declare more elements than the frame holds")
             open_counts.append(count)
-            if len(open_counts) > MAX_DEPTH:
+            if len(open_counts) > MAX_DEPTH + 1:  # the root's entry is no container
                 raise Refused(f"nested deeper than {MAX_DEPTH} levels")
         while open_counts and open_counts[-1] == 0:
             open_counts.pop()

@@ -357,7 +357,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         try:
             for hook in self._closed_hooks:
                 await run_hook(hook, self, info)
-            if self._communicator is not None:  # it was open: the server's hooks too
+            if self._connecting is not None:  # on_connect ran: on_disconnect pairs with it
                 await self._server._run_disconnect_hooks(self, info)
         finally:
             self._in_close_hooks = False
