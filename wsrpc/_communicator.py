@@ -362,7 +362,9 @@ class Communicator:
                 frame = self._protocol.send_error(uid, exc)
             else:
                 frame = self._protocol.send_return(uid, result)
-            if self.closed is None:
+            # A transport already closing (the peer vanished while this call
+            # ran) would only log a warning per write: skip it.
+            if self.closed is None and not self._ws.transport.is_closing():
                 await self._ws.send(frame)
         except (ConnectionClosed, asyncio.CancelledError):
             pass  # the connection is going away; the receive loop reports it
