@@ -45,7 +45,9 @@ from typing import Any
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
+from ._options import check_timeout
 from .dispatch import AccessRefused, resolve
+from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
 from .messages import Call, CloseCode, Error, Return
 from .protocol import RpcProtocol
@@ -120,6 +122,7 @@ class Communicator:
         limit = protocol.max_calls if peer_limit is None else min(peer_limit, protocol.max_calls)
         self._credit = asyncio.Semaphore(limit)
         self._background: set[asyncio.Task[Any]] = set()
+        self._driver: Driver | None = None
         self.closed: ConnectionClosedError | None = None
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -129,6 +132,15 @@ class Communicator:
             self._keepalive = self._loop.create_task(self._keep_alive(ping_interval, ping_timeout))
 
     # -- outgoing calls ------------------------------------------------------
+
+    def driver(self, timeout: float | None) -> Driver:
+        """The root driver: a shared one, or a new one whose calls time out."""
+        if timeout is not None:
+            check_timeout(timeout)
+            return Driver(self, "", timeout)
+        if self._driver is None:
+            self._driver = Driver(self, "", None)
+        return self._driver
 
     async def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None

@@ -13,10 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from ._communicator import Communicator, close_info, close_info_of
 from ._connections import ReportingServerConnection
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
-from ._options import check_timeout
 from ._util import check_close
 from .dispatch import check_provider
-from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
 from .http import HeadersView
 from .messages import CloseCode
@@ -71,7 +69,6 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = AcceptorState.NONE
         self._header: Any = None
         self._communicator: Communicator | None = None
-        self._driver: Driver | None = None
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
         self._close_request_hooks: list[CloseRequestHook] = []
@@ -272,12 +269,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         communicator = self._communicator
         if communicator is None:
             raise StateError(f"no driver before accept(): the acceptor is {self._state.value}")
-        if timeout is not None:
-            check_timeout(timeout)
-            return cast(RemoteT, Driver(communicator, "", timeout))
-        if self._driver is None:
-            self._driver = Driver(communicator, "", None)
-        return cast(RemoteT, self._driver)
+        return cast(RemoteT, communicator.driver(timeout))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """

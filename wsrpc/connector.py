@@ -17,12 +17,10 @@ from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     Options,
-    check_timeout,
 )
 from ._util import check_close
 from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
-from .driver import Driver
 from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
 from .http import HeadersView
 from .messages import CloseCode
@@ -106,7 +104,6 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None
         self._ws: ClientConnection | None = None
-        self._driver: Driver | None = None
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
         self._close_request_hooks: list[CloseRequestHook] = []
@@ -230,12 +227,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         communicator = self._communicator
         if communicator is None:
             raise StateError(f"no driver before connect(): the connector is {self._state.value}")
-        if timeout is not None:
-            check_timeout(timeout)
-            return cast(RemoteT, Driver(communicator, "", timeout))
-        if self._driver is None:
-            self._driver = Driver(communicator, "", None)
-        return cast(RemoteT, self._driver)
+        return cast(RemoteT, communicator.driver(timeout))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """
