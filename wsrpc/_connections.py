@@ -1,11 +1,18 @@
 """
-websockets connections that tell wsrpc when the peer's close frame arrives.
+websockets connections with two hooks into frame processing.
 
-websockets reports a close only once the TCP connection is gone; a close
-frame that has arrived while the socket is still open is invisible to
-``recv()``. These subclasses, passed to websockets as ``create_connection``,
-call :attr:`on_close_frame` as soon as the peer's close frame is parsed, so
-that :meth:`WebSocketAcceptor.on_close_request` hooks can run then.
+* :attr:`on_close_frame` is called as soon as the peer's close frame is
+  parsed. websockets reports a close only once the TCP connection is gone, so
+  a close frame that arrived while the socket is still open is otherwise
+  invisible; :meth:`WebSocketAcceptor.on_close_request` hooks run from here.
+* :attr:`on_data_frame` sees every complete (unfragmented) binary frame
+  before websockets queues it for ``recv()``, and may consume it by returning
+  True. wsrpc consumes replies this way: the caller's future is resolved
+  right in the protocol callback, instead of waking the receive loop and
+  then the caller, and replies keep flowing even while the receive loop has
+  stopped reading calls (flow control).
+
+These subclasses are passed to websockets as ``create_connection``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from websockets.protocol import Event
 __all__ = ["ReportingClientConnection", "ReportingServerConnection"]
 
 CloseFrameCallback = Callable[[int, str], None]
+DataFrameCallback = Callable[[bytes], bool]
 _CLOSE = Opcode.CLOSE
+_BINARY = Opcode.BINARY
 
 
 def _report(
@@ -35,19 +44,35 @@ def _report(
 
 class ReportingServerConnection(ServerConnection):
     on_close_frame: CloseFrameCallback | None = None
+    on_data_frame: DataFrameCallback | None = None
 
     def process_event(self, event: Event) -> None:
+        # On every frame: keep the common case to a few identity tests.
+        if type(event) is Frame:
+            opcode = event.opcode
+            if opcode is _BINARY and event.fin and self.on_data_frame is not None:
+                if self.on_data_frame(bytes(event.data)):
+                    return
+            elif opcode is _CLOSE:
+                super().process_event(event)
+                _report(self, self.on_close_frame)
+                return
         super().process_event(event)
-        # On every frame: keep the common case to one type and one opcode test.
-        if type(event) is Frame and event.opcode is _CLOSE:
-            _report(self, self.on_close_frame)
 
 
 class ReportingClientConnection(ClientConnection):
     on_close_frame: CloseFrameCallback | None = None
+    on_data_frame: DataFrameCallback | None = None
 
     def process_event(self, event: Event) -> None:
+        # The same as ReportingServerConnection.process_event.
+        if type(event) is Frame:
+            opcode = event.opcode
+            if opcode is _BINARY and event.fin and self.on_data_frame is not None:
+                if self.on_data_frame(bytes(event.data)):
+                    return
+            elif opcode is _CLOSE:
+                super().process_event(event)
+                _report(self, self.on_close_frame)
+                return
         super().process_event(event)
-        # On every frame: keep the common case to one type and one opcode test.
-        if type(event) is Frame and event.opcode is _CLOSE:
-            _report(self, self.on_close_frame)
