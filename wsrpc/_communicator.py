@@ -46,6 +46,7 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from ._options import check_timeout
+from .codecs import MsgpackCodec
 from .dispatch import AccessRefused, resolve
 from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
@@ -127,8 +128,9 @@ class Communicator:
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._receiver = self._loop.create_task(self._receive_loop())
-        if protocol.codec.binary:
-            # Replies skip the receive loop (see _on_data_frame).
+        if type(protocol.codec) is MsgpackCodec:
+            # Replies skip the receive loop (see _on_data_frame, which knows
+            # msgpack's layout: other codecs keep the usual way).
             ws.on_data_frame = self._on_data_frame  # type: ignore[attr-defined]
         self._keepalive: asyncio.Task[None] | None = None
         if ping_interval is not None:
