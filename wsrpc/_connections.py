@@ -17,9 +17,10 @@ These subclasses are passed to websockets as ``create_connection``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
@@ -32,9 +33,7 @@ _CLOSE = Opcode.CLOSE
 _BINARY = Opcode.BINARY
 
 
-def _report(
-    connection: ServerConnection | ClientConnection, callback: CloseFrameCallback | None
-) -> None:
+def _report(connection: Connection, callback: CloseFrameCallback | None) -> None:
     protocol = connection.protocol
     close = protocol.close_rcvd
     # Only a close the peer started: not its answer to the one we sent.
@@ -42,7 +41,9 @@ def _report(
         callback(close.code, close.reason)
 
 
-class ReportingServerConnection(ServerConnection):
+class _FrameHooks(Connection):
+    """The hooks, for either side: mixed in before the side's own class."""
+
     on_close_frame: CloseFrameCallback | None = None
     on_data_frame: DataFrameCallback | None = None
 
@@ -60,19 +61,10 @@ class ReportingServerConnection(ServerConnection):
         super().process_event(event)
 
 
-class ReportingClientConnection(ClientConnection):
-    on_close_frame: CloseFrameCallback | None = None
-    on_data_frame: DataFrameCallback | None = None
+class ReportingServerConnection(_FrameHooks, ServerConnection):
+    upgrade_headers: Sequence[tuple[str, str]] = ()
+    """Extra headers for the 101 response, set by the server's http_handler."""
 
-    def process_event(self, event: Event) -> None:
-        # The same as ReportingServerConnection.process_event.
-        if type(event) is Frame:
-            opcode = event.opcode
-            if opcode is _BINARY and event.fin and self.on_data_frame is not None:
-                if self.on_data_frame(bytes(event.data)):
-                    return
-            elif opcode is _CLOSE:
-                super().process_event(event)
-                _report(self, self.on_close_frame)
-                return
-        super().process_event(event)
+
+class ReportingClientConnection(_FrameHooks, ClientConnection):
+    pass

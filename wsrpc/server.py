@@ -301,7 +301,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         if inspect.isawaitable(answer):
             answer = await answer
         if isinstance(answer, Upgrade):
-            ws.wsrpc_upgrade_headers = answer.headers  # type: ignore[attr-defined]
+            assert isinstance(ws, ReportingServerConnection)
+            ws.upgrade_headers = answer.headers
             return None
         if isinstance(answer, HttpResponse):
             return _response(answer)
@@ -310,7 +311,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
     def _process_response(
         self, ws: ServerConnection, request: Request, response: Response
     ) -> Response | None:
-        for name, value in getattr(ws, "wsrpc_upgrade_headers", ()):
+        assert isinstance(ws, ReportingServerConnection)
+        for name, value in ws.upgrade_headers:
             response.headers[name] = value  # appends: several Set-Cookie are fine
         return None
 
