@@ -39,7 +39,7 @@ import contextvars
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.connection import Connection
@@ -147,14 +147,20 @@ class Communicator:
             self._driver = Driver(self, "", None)
         return self._driver
 
-    async def call(
+    def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any:
-        """Call ``path`` on the peer and return its result. See :class:`Driver`."""
+    ) -> Coroutine[Any, Any, Any]:
+        """Call ``path`` on the peer; the coroutine returns its result. See :class:`Driver`."""
         if timeout is None:
             timeout = self._call_timeout
         if timeout is None:
-            return await self._call(path, args, kwargs)
+            # The common case: the call's own coroutine, with no wrapper around it.
+            return self._call(path, args, kwargs)
+        return self._call_within(path, args, kwargs, timeout)
+
+    async def _call_within(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> Any:
         # The timeout covers the whole call: waiting for a slot, sending, the reply.
         try:
             async with asyncio.timeout(timeout):
