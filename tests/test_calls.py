@@ -567,3 +567,17 @@ async def test_callback_chains_do_not_deadlock_at_a_limit_of_one() -> None:
             # slot, their callbacks never do.
             assert await asyncio.gather(*(client_side.driver.nest(5) for _ in range(4))) == [5] * 4
         await connector.close()
+
+
+async def test_reads_are_small_enough_to_stay_off_mmap() -> None:
+    # asyncio reads with recv(256 KiB), above glibc's mmap threshold: wsrpc's
+    # connections read 64 KiB at a time (see wsrpc/_connections.py), and a
+    # large message still arrives whole over several reads.
+    async with connected(Calculator()) as (server, connector):
+        (acceptor,) = server.acceptors.values()
+        for ws in (acceptor._ws, connector._ws):
+            assert ws is not None
+            assert ws.transport.max_size == 64 * 1024  # type: ignore[attr-defined]
+        calc = connector.get_driver()
+        payload = bytes(range(256)) * 2048  # 512 KiB
+        assert await calc.echo(payload) == payload

@@ -17,6 +17,7 @@ These subclasses are passed to websockets as ``create_connection``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from websockets.asyncio.client import ClientConnection
@@ -33,6 +34,21 @@ _CLOSE = Opcode.CLOSE
 _BINARY = Opcode.BINARY
 
 
+_READ_SIZE = 64 * 1024
+
+
+def _shrink_reads(transport: asyncio.BaseTransport) -> None:
+    # asyncio's selector transport reads with recv(256 KiB): a buffer above
+    # glibc's initial 128 KiB mmap threshold, so unless something in the
+    # process happened to raise that threshold, every read of a few bytes
+    # maps, shrinks and unmaps fresh pages (a third of the server's time with
+    # 1,000 busy clients). 64 KiB reads come from the heap and cost the same
+    # per byte for large messages. Other transports (uvloop, SSL) read into
+    # buffers of their own and have no such attribute.
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
+
+
 def _report(connection: Connection, callback: CloseFrameCallback | None) -> None:
     protocol = connection.protocol
     close = protocol.close_rcvd
@@ -46,6 +62,10 @@ class _FrameHooks(Connection):
 
     on_close_frame: CloseFrameCallback | None = None
     on_data_frame: DataFrameCallback | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        _shrink_reads(transport)
 
     def process_event(self, event: Event) -> None:
         # On every frame: keep the common case to a few identity tests.
