@@ -12,7 +12,7 @@ NODE_DEPS := tests/interop/node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,fast]'
 	touch $(STAMP)
 
 # The TGrid interop tests run against the real tgrid package, pinned by the

@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 import wsrpc
+from wsrpc._websockets import WebsocketsChannel
 
 from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
@@ -575,9 +576,10 @@ async def test_reads_are_small_enough_to_stay_off_mmap() -> None:
     # large message still arrives whole over several reads.
     async with connected(Calculator()) as (server, connector):
         (acceptor,) = server.acceptors.values()
-        for ws in (acceptor._ws, connector._ws):
-            assert ws is not None
-            assert ws.transport.max_size == 64 * 1024  # type: ignore[attr-defined]
+        assert connector._communicator is not None
+        for channel in (acceptor._channel, connector._communicator._channel):
+            assert isinstance(channel, WebsocketsChannel)
+            assert channel.ws.transport.max_size == 64 * 1024  # type: ignore[attr-defined]
         calc = connector.get_driver()
         payload = bytes(range(256)) * 2048  # 512 KiB
         assert await calc.echo(payload) == payload

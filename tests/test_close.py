@@ -126,7 +126,7 @@ async def test_dropped_connection_fails_pending_calls_with_1006() -> None:
         pair = await open_pair(server, box)
         communicator = pair.connector._communicator
         assert communicator is not None
-        communicator._ws.transport.abort()  # the TCP connection vanishes
+        communicator._channel.abort()  # the TCP connection vanishes
         await expect_closed(pair.server_call, 1006, "connection lost")
         await expect_closed(pair.client_call, 1006, "connection lost")
         async with asyncio.timeout(5 * UNIT):
@@ -138,6 +138,7 @@ async def test_server_close_closes_clients_with_1001() -> None:
     box: list[Pair] = []
     async with running_server(pair_handler(box)) as server:
         pair = await open_pair(server, box)
+        url = url_of(server)
         async with asyncio.timeout(5 * UNIT):
             await server.close()
         assert server.state is ServerState.CLOSED
@@ -148,14 +149,8 @@ async def test_server_close_closes_clients_with_1001() -> None:
         assert pair.acceptor.state is AcceptorState.CLOSED
         assert not server.acceptors
         with pytest.raises(wsrpc.ConnectError):
-            await wsrpc.WebSocketConnector(None).connect(url_of_closed(server), timeout=5 * UNIT)
-
-
-def url_of_closed(server: wsrpc.WebSocketServer[Any, Any, Any]) -> str:
-    # server.port is only defined while open; the test kept the URL's port.
-    sockets = server._server.sockets if server._server is not None else ()
-    assert not sockets
-    return "ws://127.0.0.1:1/"
+            # The listening socket is closed: its port refuses connections.
+            await wsrpc.WebSocketConnector(None).connect(url, timeout=5 * UNIT)
 
 
 async def test_server_close_stops_undecided_handlers_and_silent_sockets() -> None:
@@ -192,14 +187,14 @@ async def test_keepalive_detects_a_frozen_peer() -> None:
         communicator = pair.connector._communicator
         assert communicator is not None
         # The client stops reading: it answers no pings any more.
-        communicator._ws.transport.pause_reading()
+        communicator._channel.pause_reading()
         assert pair.server_call is not None
         with pytest.raises(wsrpc.ConnectionClosedError) as info:
             async with asyncio.timeout(5 * UNIT):
                 await pair.server_call
         assert info.value.code == 1011
         assert "keepalive" in info.value.reason
-        communicator._ws.transport.abort()
+        communicator._channel.abort()
         assert pair.client_call is not None
         with pytest.raises(wsrpc.ConnectionClosedError):
             async with asyncio.timeout(5 * UNIT):

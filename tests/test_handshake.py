@@ -18,7 +18,11 @@ from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
 
 class Calculator:
+    def __init__(self) -> None:
+        self.calls = 0
+
     def add(self, a: int, b: int) -> int:
+        self.calls += 1
         return a + b
 
 
@@ -139,28 +143,66 @@ async def test_bad_header_closes_and_handler_never_runs(frame: bytes, code: int)
     assert not called
 
 
-async def test_frames_sent_before_accept_are_not_lost() -> None:
-    # A raw client pipelines a call right behind its header; the handler
-    # takes its time before accepting. The call must still be answered.
+async def test_a_call_before_accept_closes_with_1002() -> None:
+    # A raw client pipelines a call right behind its header instead of
+    # waiting for the verdict: the connection closes with 1002, the provider
+    # never sees the call and the handler's accept() comes too late.
     header_seen = asyncio.Event()
     go = asyncio.Event()
+    outcome: list[str] = []
+    provider = Calculator()
 
     async def handler(acceptor: AnyAcceptor) -> None:
         header_seen.set()
-        await go.wait()
-        await acceptor.accept(Calculator())
+        try:
+            await go.wait()
+            await acceptor.accept(provider)
+            outcome.append("accepted")
+        except (wsrpc.ConnectionClosedError, asyncio.CancelledError) as exc:
+            outcome.append(type(exc).__name__)
+            raise
 
     async with running_server(handler) as server:
         async with ws_connect(url_of(server)) as ws:
             await ws.send(msgpack.packb([0, 1, None, {}]))
             await ws.send(msgpack.packb([2, 1, "add", [20, 22]]))
+            with pytest.raises(ConnectionClosed) as info:
+                async with asyncio.timeout(5 * UNIT):
+                    await ws.recv()
+            go.set()
+        async with asyncio.timeout(5 * UNIT):
+            while server.acceptors:
+                await next(iter(server.acceptors.values())).join()
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1002, "message before accept")
+    assert "accepted" not in outcome
+    assert provider.calls == 0
+
+
+async def test_the_server_may_call_the_client_right_after_accept() -> None:
+    # The accept frame and the server's first call can reach the client in
+    # one read, before connect() has returned: the call is still answered.
+    results: list[int] = []
+    done = asyncio.Event()
+
+    class Client:
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(Calculator())
+        results.append(await acceptor.get_driver().add(1, 2))
+        done.set()
+
+    async with running_server(handler) as server:
+        connector: wsrpc.WebSocketConnector[None, Client, Any] = wsrpc.WebSocketConnector(
+            None, Client()
+        )
+        async with connector:
+            await connector.connect(url_of(server), timeout=5 * UNIT)
             async with asyncio.timeout(5 * UNIT):
-                await header_seen.wait()
-                go.set()
-                accept = msgpack.unpackb(await ws.recv(decode=False))
-                answer = msgpack.unpackb(await ws.recv(decode=False))
-    assert accept[0] == 1
-    assert answer == [3, 1, 42]
+                await done.wait()
+    assert results == [3]
 
 
 async def test_illegal_transitions_raise_state_error() -> None:

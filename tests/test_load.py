@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 import wsrpc
+from wsrpc._transport import Channel
 
 from .conftest import UNIT, AnyAcceptor, running_server, url_of
 
@@ -97,13 +98,11 @@ def state_of(server: wsrpc.WebSocketServer[Any, Any, Any]) -> wsrpc.ServerState:
     return server.state
 
 
-def transport_of(connector: wsrpc.WebSocketConnector[Any, Any, Any]) -> asyncio.Transport:
-    """The TCP transport under a connector (test-only: pausing reads has no public API)."""
+def channel_of(connector: wsrpc.WebSocketConnector[Any, Any, Any]) -> Channel:
+    """The channel under a connector (test-only: pausing reads has no public API)."""
     communicator = connector._communicator
     assert communicator is not None
-    transport = communicator._ws.transport
-    assert isinstance(transport, asyncio.Transport)
-    return transport
+    return communicator._channel
 
 
 # -- correctness under load: nested callbacks -----------------------------------
@@ -368,7 +367,7 @@ async def slow_reader(client_limit: int) -> float:
         )
         await slow.connect(url_of(server), timeout=5 * UNIT)
         await other.connect(url_of(server), timeout=5 * UNIT)
-        transport_of(slow).pause_reading()
+        channel_of(slow).pause_reading()
         to_slow: CalleeRemote = acceptors["slow"].get_driver()
         to_other: CalleeRemote = acceptors["other"].get_driver()
         with traced_memory() as memory:
@@ -380,7 +379,7 @@ async def slow_reader(client_limit: int) -> float:
                     assert await other.get_driver().echo(i) == i
             done, _ = await asyncio.wait(calls, timeout=UNIT)
             assert not done and slow_callee.received == 0
-        transport_of(slow).resume_reading()
+        channel_of(slow).resume_reading()
         async with asyncio.timeout(30 * UNIT):
             assert await asyncio.gather(*calls) == list(range(count))
         assert slow_callee.received == count
@@ -444,7 +443,7 @@ async def test_graceful_shutdown_with_calls_in_flight() -> None:
                 assert await connector.get_driver().fast(1) == 2
             for event in full:  # every slow call is running on the server
                 await event.wait()
-        transport_of(mute).pause_reading()
+        channel_of(mute).pause_reading()
         start = time.perf_counter()
         closing = asyncio.ensure_future(server.close())
         async with asyncio.timeout(close_timeout + 5 * UNIT):
@@ -467,7 +466,7 @@ async def test_graceful_shutdown_with_calls_in_flight() -> None:
         # Every in-flight call failed cleanly: 1001 for those who heard the
         # close frame; the mute client's connection was dropped (1006) unless
         # the frame reached it first. It notices once it reads again.
-        transport_of(mute).resume_reading()
+        channel_of(mute).resume_reading()
         for connector, calls in slow_calls.items():
             codes = {1001, 1006} if connector is mute else {1001}
             async with asyncio.timeout(5 * UNIT):

@@ -5,14 +5,22 @@ One :class:`Communicator` runs per open connection, on either side. It owns
 
 * the futures of our outgoing calls, keyed by call id;
 * the tasks of the peer's calls that are running here, keyed by call id;
-* the receive loop, the only reader of the WebSocket.
+* the message callback of its :class:`~wsrpc._transport.Channel`.
+
+There is no reader task. The channel calls :meth:`Communicator._on_message`
+from the transport's data callback: a reply resolves its caller's future
+right there, and a call to a plain method runs and is answered right there,
+without a task of its own or a task wake-up. Only ``async`` methods get a
+task.
 
 Flow control. Each side tells the other how many calls it runs at once
 (``max_concurrent_calls``) and the caller holds a semaphore of that size, so
 an honest peer never sends more calls than we run. Calls over the limit
 (from a peer that ignores it, or transiently after a cancellation) wait in a
-backlog of the same size; only when that is full does the receive loop stop
-reading, pushing back on TCP. Replies, cancellations and pings therefore keep
+backlog of the same size; only when that is full does the channel stop
+reading, pushing back on TCP. It also stops reading while our replies wait
+in a full write buffer, so that a peer that calls without reading the
+answers cannot make us buffer them without bound. Replies, cancellations and pings therefore keep
 flowing while this side is busy, so that calls waiting on calls to the other
 side cannot deadlock.
 
@@ -25,11 +33,11 @@ the peer (a parent must be one of those). Chains of callbacks of any depth
 thus never wait for slots their own ancestors hold, and a peer faking
 parents gains at most as many extra running calls as we have calls out.
 
-Closing. Whoever notices first — a local :meth:`close`, a close frame, a
-dropped socket, a protocol violation — calls :meth:`_finish`, which fails
-every pending call with one :exc:`ConnectionClosedError` and cancels every
-running call. The receive loop then waits for the socket to be gone and
-resolves :meth:`join`.
+Closing. Whoever notices first — a local :meth:`close`, the connection
+lost, a protocol violation, a keepalive timeout — calls :meth:`_finish`,
+which fails every pending call with one :exc:`ConnectionClosedError` and
+cancels every running call. Once the socket is gone, a wind-down task waits
+for the cancelled calls to unwind and tells the owner.
 """
 
 from __future__ import annotations
@@ -39,14 +47,11 @@ import contextvars
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from websockets.asyncio.connection import Connection
-from websockets.exceptions import ConnectionClosed
-
 from ._options import check_timeout
-from .codecs import MsgpackCodec
+from ._transport import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
 from .dispatch import AccessRefused, resolve
 from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
@@ -54,7 +59,7 @@ from .messages import Call, CloseCode, Error, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
 
-__all__ = ["Communicator", "close_info", "close_info_of"]
+__all__ = ["Communicator", "close_info_of", "why_closed"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -69,32 +74,29 @@ def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
     return lambda *args, **kwargs: awaitable
 
 
-def close_info_of(ws: Connection, code: int, reason: str) -> CloseInfo:
-    """How ``ws`` ended, once closed; ``code`` and ``reason`` name the cause."""
-    protocol = ws.protocol
-    received, sent = protocol.close_rcvd, protocol.close_sent
+def close_info_of(frames: CloseFrames, code: int, reason: str) -> CloseInfo:
+    """How a connection ended, once closed; ``code`` and ``reason`` name the cause."""
+    received, sent = frames.received, frames.sent
     return CloseInfo(
         code,
         reason,
         clean=received is not None and sent is not None,
-        by_peer=bool(protocol.close_rcvd_then_sent) if received is not None else sent is None,
+        by_peer=frames.peer_first if received is not None else sent is None,
     )
 
 
-def close_info(exc: ConnectionClosed) -> tuple[int, str]:
-    """The code and reason that best explain why ``exc``'s connection closed."""
-    frame = exc.rcvd or exc.sent
-    if frame is None:
-        return CloseCode.ABNORMAL, "connection lost"
-    return frame.code, frame.reason
+def why_closed(frames: CloseFrames) -> tuple[int, str]:
+    """The code and reason that best explain why a connection closed."""
+    frame = frames.received or frames.sent
+    return frame if frame is not None else (CloseCode.ABNORMAL, "connection lost")
 
 
 class Communicator:
-    """Calls in both directions over one open WebSocket connection."""
+    """Calls in both directions over one open connection."""
 
     def __init__(
         self,
-        ws: Connection,
+        channel: Channel,
         protocol: RpcProtocol,
         provider: object,
         *,
@@ -102,8 +104,17 @@ class Communicator:
         ping_interval: float | None,
         ping_timeout: float | None,
         on_closed: Callable[[CloseInfo], Awaitable[None]],
+        on_close_frame: CloseFrameCallback | None = None,
+        early: Sequence[bytes | str] = (),
     ) -> None:
-        self._ws = ws
+        """
+        Serve ``provider`` over ``channel`` and start taking its messages.
+
+        ``early`` are messages that arrived after the handshake but before
+        this communicator existed (the owner held them): they are handled
+        first, in order.
+        """
+        self._channel = channel
         self._protocol = protocol
         self._provider = provider
         self._call_timeout = call_timeout
@@ -111,30 +122,33 @@ class Communicator:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._nested: set[int] = set()  # ids of running nested calls (not counted)
-        # Calls over the limit, and the event the receive loop waits on when
-        # they are too many: made on first use (honest peers never need them).
+        # Made on first use, as honest peers never need them: ids of running
+        # nested calls (not counted against the limit), calls over the limit,
+        # background sends.
+        self._nested: set[int] | None = None
         self._backlog: deque[tuple[Call, Callable[..., Any]]] | None = None
-        self._room: asyncio.Event | None = None
+        self._background: set[asyncio.Task[Any]] | None = None
+        # Why reading is paused: a full backlog, replies waiting in a full
+        # write buffer. Reading resumes when neither holds.
+        self._backlog_full = False
+        self._draining = False
         # We never have more calls in flight to the peer than it runs at once,
         # nor more than we run ourselves: a peer advertising a huge limit (or
         # none: TGrid) must not make us buffer without bound.
         peer_limit = protocol.peer_max_calls
         limit = protocol.max_calls if peer_limit is None else min(peer_limit, protocol.max_calls)
         self._credit = asyncio.Semaphore(limit)
-        self._background: set[asyncio.Task[Any]] = set()
         self._driver: Driver | None = None
         self.closed: ConnectionClosedError | None = None
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
-        self._receiver = self._loop.create_task(self._receive_loop())
-        if type(protocol.codec) is MsgpackCodec:
-            # Replies skip the receive loop (see _on_data_frame, which knows
-            # msgpack's layout: other codecs keep the usual way).
-            ws.on_data_frame = self._on_data_frame  # type: ignore[attr-defined]
+        self._wind_down_task: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         if ping_interval is not None:
             self._keepalive = self._loop.create_task(self._keep_alive(ping_interval, ping_timeout))
+        for message in early:
+            self._on_message(message)
+        channel.start(self._on_message, self._on_lost, on_close_frame)
 
     # -- outgoing calls ------------------------------------------------------
 
@@ -185,19 +199,22 @@ class Communicator:
             uid, frame = self._protocol.send_call(path, list(args), kwargs or None, parent)
             future = self._loop.create_future()
             self._pending[uid] = future
+            channel = self._channel
             try:
-                await self._ws.send(frame)
+                channel.send(frame)
+                if channel.writing_paused:
+                    await channel.drain()
                 return await future
-            except ConnectionClosed as exc:
-                # The socket closed, maybe before the receive loop noticed.
+            except ChannelClosed as exc:
+                # The socket is closing, maybe before the close was reported.
                 self._pending.pop(uid, None)
-                self._finish(ConnectionClosedError(*close_info(exc)))
+                self._finish(ConnectionClosedError(exc.code, exc.reason))
                 raise self._closed_error() from None
             except asyncio.CancelledError:
                 # Cancelled or timed out: ask the peer to stop working on it.
                 cancel = self._protocol.send_cancel(uid)
                 if cancel is not None and self.closed is None:
-                    self._send_in_background(cancel)
+                    self._send_quietly(cancel)
                 raise
             finally:
                 self._pending.pop(uid, None)
@@ -214,28 +231,51 @@ class Communicator:
         assert closed is not None
         return ConnectionClosedError(closed.code, closed.reason)
 
-    def _send_in_background(self, frame: bytes | str) -> None:
-        task = self._loop.create_task(self._send_quietly(frame))
+    def _send_quietly(self, frame: bytes | str) -> None:
+        """Send ``frame`` if the connection is still open; a full buffer pauses reading."""
+        channel = self._channel
+        try:
+            channel.send(frame)
+        except ChannelClosed:
+            return  # the close is reported by the channel
+        if channel.writing_paused and not self._draining:
+            # Stop taking calls until the peer reads what we owe it.
+            self._draining = True
+            self._channel.pause_reading()
+            self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._channel.drain()
+        finally:
+            self._draining = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._backlog_full or self._draining:
+            self._channel.pause_reading()
+        else:
+            self._channel.resume_reading()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in a task the wind-down waits for."""
+        if self._background is None:
+            self._background = set()
+        task = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _send_quietly(self, frame: bytes | str) -> None:
-        try:
-            await self._ws.send(frame)
-        except ConnectionClosed:
-            pass  # the receive loop reports the close
 
     # -- keepalive -----------------------------------------------------------
 
     async def _keep_alive(self, interval: float, timeout: float | None) -> None:
-        # wsrpc pings rather than websockets so that a silent peer fails the
-        # pending calls as soon as the pong is late, not after the closing
-        # handshake with that silent peer has timed out as well.
-        ws = self._ws
+        # wsrpc pings rather than the transport so that a silent peer fails
+        # the pending calls as soon as the pong is late, not after the
+        # closing handshake with that silent peer has timed out as well.
+        channel = self._channel
         try:
             while self.closed is None:
                 await asyncio.sleep(interval)
-                pong = await ws.ping()
+                pong = channel.ping()
                 try:
                     # One ping in flight at a time, even with no timeout.
                     async with asyncio.timeout(timeout):
@@ -243,101 +283,52 @@ class Communicator:
                 except TimeoutError:
                     reason = "keepalive ping timeout"
                     self._finish(ConnectionClosedError(CloseCode.INTERNAL_ERROR, reason))
-                    await ws.close(CloseCode.INTERNAL_ERROR, reason)
+                    await channel.close(CloseCode.INTERNAL_ERROR, reason)
                     return
-        except ConnectionClosed:
-            pass  # the receive loop reports the close
+        except ChannelClosed:
+            pass  # the channel reports the close
 
-    # -- the receive loop ----------------------------------------------------
+    # -- incoming messages ---------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        ws, protocol, pending = self._ws, self._protocol, self._pending
-        try:
-            while True:
-                frame = await ws.recv()
-                try:
-                    message = protocol.receive(frame)
-                except ProtocolError as exc:
-                    logger.info("closing connection: %s", exc)
-                    await self._abort(exc.code, exc.reason)
-                    return
-                kind = type(message)
-                if kind is Return:
-                    assert isinstance(message, Return)
-                    future = pending.pop(message.uid, None)
-                    if future is not None and not future.done():
-                        future.set_result(message.value)
-                elif kind is Call:
-                    assert isinstance(message, Call)
-                    await self._on_call(message)
-                elif kind is Error:
-                    assert isinstance(message, Error)
-                    future = pending.pop(message.uid, None)
-                    if future is not None and not future.done():
-                        future.set_exception(
-                            RemoteError(message.name, message.message, message.traceback)
-                        )
-                elif message is not None:  # Cancel
-                    self._on_cancel(message.uid)
-        except ConnectionClosed as exc:
-            self._finish(ConnectionClosedError(*close_info(exc)))
-        except asyncio.CancelledError:
-            # The event loop is shutting down (asyncio.run() ending with the
-            # connection still open): no time for a closing handshake.
-            self._finish(ConnectionClosedError(CloseCode.ABNORMAL, "event loop shutting down"))
-            self._ws.transport.abort()
-            raise
-        except Exception:  # pragma: no cover - a bug in wsrpc, not the peer's doing
-            logger.exception("unexpected error in the receive loop")
-            await self._abort(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            await self._wind_down()
-
-    def _on_data_frame(self, data: bytes) -> bool:
-        """
-        Resolve a reply right where websockets parses its frame; return
-        whether the frame was one (consumed) or is for the receive loop.
-
-        Called from the protocol callback, in order with the other frames. A
-        reply never waits behind queued calls, and costs one task wake-up
-        (the caller's) instead of two. msgpack replies are recognised by
-        their first two bytes: [3, uid, value] and [4, uid, name, message,
-        traceback]; anything else, or a reply that fails to decode (the
-        receive loop then closes the connection), goes the usual way.
-        """
-        if len(data) < 2 or not (
-            (data[0] == 0x93 and data[1] == 3) or (data[0] == 0x95 and data[1] == 4)
-        ):
-            return False
+    def _on_message(self, data: bytes | str) -> None:
+        """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
-            return True  # nobody waits for it any more
+            return  # nobody can answer it any more
         try:
             message = self._protocol.receive(data)
-        except ProtocolError:
-            return False
-        if message is not None:
+        except ProtocolError as exc:
+            logger.info("closing connection: %s", exc)
+            self._abort(exc.code, exc.reason)
+            return
+        kind = type(message)
+        if kind is Return:
+            assert isinstance(message, Return)
             future = self._pending.pop(message.uid, None)
             if future is not None and not future.done():
-                if type(message) is Return:
-                    future.set_result(message.value)
-                else:
-                    assert isinstance(message, Error)
-                    future.set_exception(
-                        RemoteError(message.name, message.message, message.traceback)
-                    )
-        return True
+                future.set_result(message.value)
+        elif kind is Call:
+            assert isinstance(message, Call)
+            self._on_call(message)
+        elif kind is Error:
+            assert isinstance(message, Error)
+            future = self._pending.pop(message.uid, None)
+            if future is not None and not future.done():
+                future.set_exception(RemoteError(message.name, message.message, message.traceback))
+        elif message is not None:  # Cancel
+            self._on_cancel(message.uid)
 
-    async def _abort(self, code: int, reason: str) -> None:
+    def _abort(self, code: int, reason: str) -> None:
         self._finish(ConnectionClosedError(code, reason))
-        await self._ws.close(code, reason)
+        self._spawn(self._channel.close(code, reason))
+
+    def _on_lost(self) -> None:
+        """The connection is gone (called by the channel, once)."""
+        self._finish(ConnectionClosedError(*why_closed(self._channel.close_frames)))
+        self._wind_down_task = self._loop.create_task(self._wind_down())
 
     async def _wind_down(self) -> None:
-        # The socket is closing or closed: wait for it to be gone, let the
-        # cancelled calls unwind, then tell join() and the owner.
-        await self._ws.wait_closed()
-        if self.closed is None:  # the loop was cancelled from outside
-            self._finish(ConnectionClosedError(CloseCode.ABNORMAL, "connection lost"))
-        tasks = list(self._running.values()) + list(self._background)
+        # Let the cancelled calls unwind, then tell join() and the owner.
+        tasks = list(self._running.values()) + list(self._background or ())
         if self._keepalive is not None:
             self._keepalive.cancel()
             tasks.append(self._keepalive)
@@ -345,18 +336,19 @@ class Communicator:
             await asyncio.wait(tasks)
         closed = self.closed
         assert closed is not None
-        await self._on_closed(close_info_of(self._ws, closed.code, closed.reason))
+        await self._on_closed(close_info_of(self._channel.close_frames, closed.code, closed.reason))
         if not self._done.done():
             self._done.set_result(None)
 
     # -- incoming calls ------------------------------------------------------
 
-    async def _on_call(self, call: Call) -> None:
+    def _on_call(self, call: Call) -> None:
         uid = call.uid
+        protocol = self._protocol
         try:
             func, is_async = resolve(self._provider, call.path)
         except AccessRefused as exc:
-            await self._ws.send(self._protocol.send_refusal(uid, str(exc)))
+            self._send_quietly(protocol.send_refusal(uid, str(exc)))
             return
         if not is_async:
             # A plain function runs to completion wherever it is called, so
@@ -365,34 +357,38 @@ class Communicator:
                 result = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
             except (Exception, asyncio.CancelledError) as exc:
                 # A plain method raising CancelledError is an error like any other.
-                await self._ws.send(self._protocol.send_error(uid, exc))
+                self._send_quietly(protocol.send_error(uid, exc))
                 return
             if not inspect.isawaitable(result):
-                await self._ws.send(self._protocol.send_return(uid, result))
+                self._send_quietly(protocol.send_return(uid, result))
                 return
             # A plain function that returned an awaitable (a decorator's
             # wrapper around a coroutine function): await it in a task.
             func = _returning(result)
-        protocol = self._protocol
+        nested = self._nested
         if (
             call.parent is not None
             and call.parent in protocol.outgoing
-            and len(self._nested) < len(protocol.outgoing)
+            and (nested is None or len(nested) < len(protocol.outgoing))
         ):
-            self._nested.add(uid)  # a callback of one of our calls: runs now
+            if nested is None:
+                nested = self._nested = set()
+            nested.add(uid)  # a callback of one of our calls: runs now
             self._start(call, func)
             return
-        if len(self._running) - len(self._nested) < protocol.max_calls:
+        if self._counted_running() < protocol.max_calls:
             self._start(call, func)
             return
         if self._backlog is None:
-            self._backlog, self._room = deque(), asyncio.Event()
-        assert self._room is not None
+            self._backlog = deque()
         self._backlog.append((call, func))
-        if len(self._backlog) >= self._protocol.max_calls:
+        if len(self._backlog) >= protocol.max_calls and not self._backlog_full:
             # The peer ignores our limit: stop reading until a slot frees.
-            self._room.clear()
-            await self._room.wait()
+            self._backlog_full = True
+            self._update_reading()
+
+    def _counted_running(self) -> int:
+        return len(self._running) - (len(self._nested) if self._nested else 0)
 
     def _start(self, call: Call, func: Callable[..., Any]) -> None:
         self._running[call.uid] = self._loop.create_task(self._run(call, func))
@@ -419,25 +415,24 @@ class Communicator:
                 frame = self._protocol.send_error(uid, exc)
             else:
                 frame = self._protocol.send_return(uid, result)
-            # A transport already closing (the peer vanished while this call
-            # ran) would only log a warning per write: skip it.
-            if self.closed is None and not self._ws.transport.is_closing():
-                await self._ws.send(frame)
-        except (ConnectionClosed, asyncio.CancelledError):
-            pass  # the connection is going away; the receive loop reports it
+            if self.closed is None:
+                self._send_quietly(frame)
         finally:
             del self._running[uid]
-            self._nested.discard(uid)
+            if self._nested:
+                self._nested.discard(uid)
             self._pump_backlog()
 
     def _pump_backlog(self) -> None:
         backlog = self._backlog
         if not backlog:
             return
-        while backlog and len(self._running) - len(self._nested) < self._protocol.max_calls:
+        max_calls = self._protocol.max_calls
+        while backlog and self._counted_running() < max_calls:
             self._start(*backlog.popleft())
-        if len(backlog) < self._protocol.max_calls and self._room is not None:
-            self._room.set()
+        if len(backlog) < max_calls and self._backlog_full:
+            self._backlog_full = False
+            self._update_reading()
 
     def _on_cancel(self, uid: int) -> None:
         task = self._running.get(uid)
@@ -466,11 +461,9 @@ class Communicator:
             task.cancel()
         if self._backlog is not None:
             self._backlog.clear()
-        if self._room is not None:
-            self._room.set()
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection: pending calls fail now, then the handshake runs."""
         self._finish(ConnectionClosedError(code, reason))
-        await self._ws.close(code, reason)
+        await self._channel.close(code, reason)
         await asyncio.shield(self._done)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, get_args
+
+from ._transport import TransportName
 
 __all__ = ["Options", "check_timeout"]
 
@@ -28,8 +31,14 @@ class Options:
     compression: bool = False
     send_tracebacks: bool = False
     call_timeout: float | None = None
+    transport: TransportName = "websockets"
 
     def __post_init__(self) -> None:
+        if self.transport not in get_args(TransportName):
+            choices = ", ".join(repr(name) for name in get_args(TransportName))
+            raise ValueError(f"transport must be one of {choices}, not {self.transport!r}")
+        if self.compression and self.transport != "websockets":
+            raise ValueError(f"compression is not available with transport={self.transport!r}")
         if self.max_message_size < 64:
             raise ValueError("max_message_size must be at least 64 bytes")
         if self.max_concurrent_calls < 1:
@@ -39,7 +48,7 @@ class Options:
         check_timeout(self.call_timeout, "call_timeout")
         check_timeout(self.close_timeout, "close_timeout")
 
-    def websockets_kwargs(self) -> dict[str, object]:
+    def websockets_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for websockets' ``serve()`` and ``connect()``."""
         return {
             "max_size": self.max_message_size,
@@ -49,7 +58,7 @@ class Options:
             "compression": "deflate" if self.compression else None,
         }
 
-    def communicator_kwargs(self) -> dict[str, float | None]:
+    def communicator_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~wsrpc._communicator.Communicator`."""
         return {
             "call_timeout": self.call_timeout,

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
-from websockets.exceptions import ConnectionClosed
-
-from ._communicator import Communicator, close_info, close_info_of
-from ._connections import ReportingServerConnection
+from ._communicator import Communicator, close_info_of, why_closed
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
+from ._transport import Channel, ChannelClosed
 from ._util import check_close
 from .dispatch import check_provider
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
@@ -47,22 +44,23 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     either :meth:`accept` or :meth:`reject`; if it returns or raises without
     deciding, the client is rejected (1008, or 1011 when it raised).
 
-    Frames the client sends after its header are not read until the handler
-    has decided, so nothing is lost while it thinks.
+    A client must wait for the verdict before it sends anything else: a
+    message after the header and before :meth:`accept` closes the connection
+    with 1002 (protocol error), and the handler's decision is moot.
     """
 
     def __init__(
         self,
         token: object,
         server: WebSocketServer[HeaderT, ProviderT, RemoteT],
-        ws: ReportingServerConnection,
+        channel: Channel,
         acceptor_id: int,
     ) -> None:
         if token is not TOKEN:
             raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
         self._server = server
         self._loop = asyncio.get_running_loop()  # for wsrpc.sync.ThreadsafeAcceptor
-        self._ws = ws
+        self._channel = channel
         self._options = server._options
         self._id = acceptor_id
         self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
@@ -76,7 +74,11 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._in_close_hooks = False
         self._connecting: asyncio.Future[None] | None = None
         self._groups: set[str] = set()
-        ws.on_close_frame = self._on_close_frame
+        # The first message (the header) and who waits for it.
+        self._first: bytes | str | None = None
+        self._first_waiter: asyncio.Future[None] | None = None
+        self._violation: asyncio.Task[None] | None = None
+        channel.start(self._on_handshake_message, self._on_handshake_lost, self._on_close_frame)
 
     # -- what the handler reads ----------------------------------------------
 
@@ -99,13 +101,12 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     @property
     def path(self) -> str:
         """The request target of the WebSocket upgrade: path and query string."""
-        return self._ws.request.path if self._ws.request is not None else ""
+        return self._channel.request_path
 
     @property
     def ip(self) -> str:
         """The client's IP address as seen by the server."""
-        address = self._ws.remote_address
-        return str(address[0]) if address else ""
+        return self._channel.remote_ip
 
     @property
     def request_headers(self) -> Mapping[str, str]:
@@ -116,16 +117,12 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         ``request_headers.get_all(name)`` is not offered: use
         :attr:`request_header_list` for the raw pairs.
         """
-        request = self._ws.request
-        if request is None:  # pragma: no cover - acceptors exist after the upgrade
-            return MappingProxyType({})
-        return HeadersView(request.headers)
+        return HeadersView(self._channel.request_headers)
 
     @property
     def request_header_list(self) -> list[tuple[str, str]]:
         """The upgrade request's headers as (name, value) pairs, in order."""
-        request = self._ws.request
-        return list(request.headers.raw_items()) if request is not None else []
+        return list(self._channel.request_headers)
 
     @property
     def codec(self) -> str:
@@ -189,23 +186,27 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         check_provider(provider)
         protocol = self._protocol
         assert protocol is not None
+        channel = self._channel
+        if channel.is_closing:  # the client left, or broke the protocol
+            raise ConnectionClosedError(*why_closed(channel.close_frames))
         frame = protocol.send_accept()
         self._state = AcceptorState.OPEN
-        # Created before the accept frame goes out so that get_driver() works
-        # at once; its receive loop starts at the next await.
+        # Takes the client's messages from here on; made before the accept
+        # frame goes out so that get_driver() works at once.
         self._communicator = Communicator(
-            self._ws,
+            channel,
             protocol,
             provider,
             on_closed=self._on_communicator_closed,
+            on_close_frame=self._on_close_frame,
             **self._options.communicator_kwargs(),
         )
         try:
-            await self._ws.send(frame)
+            channel.send(frame)
             if protocol.codec.name == "tgrid":
                 await self._tgrid_barrier()
-        except ConnectionClosed as exc:
-            raise ConnectionClosedError(*close_info(exc)) from None
+        except ChannelClosed as exc:
+            raise ConnectionClosedError(exc.code, exc.reason) from None
         # Close hooks wait for these: on_disconnect never runs before (or
         # during) on_connect for the same connection, however fast it closes.
         self._connecting = asyncio.get_running_loop().create_future()
@@ -220,7 +221,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         # as "1" is lost. A ping sent after "1" is answered while that read
         # is parsed; once its pong is back, the client's microtasks have run
         # and its handler is in place. Calls sent after this are safe.
-        pong = await self._ws.ping()
+        pong = self._channel.ping()
         try:
             async with asyncio.timeout(self._options.close_timeout):
                 await pong
@@ -244,8 +245,12 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         check_close(code, reason)
         self._expect(AcceptorState.ACCEPTING, "reject")
         self._state = AcceptorState.REJECTING
-        await self._ws.close(code, reason)
-        await self._set_closed(close_info_of(self._ws, code, reason))
+        channel = self._channel
+        await channel.close(code, reason)
+        # The frames tell what happened: our code, or the 1002 of a client
+        # that did not wait, or nothing if the client vanished.
+        frames = channel.close_frames
+        await self._set_closed(close_info_of(frames, *why_closed(frames)))
 
     def _expect(self, state: AcceptorState, action: str) -> None:
         if self._state is not state:
@@ -292,7 +297,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         elif state is AcceptorState.ACCEPTING:
             await self.reject(code, reason)
         elif state is AcceptorState.NONE:
-            await self._ws.close(code, reason)
+            await self._channel.close(code, reason)
         await self.join()
 
     async def join(self) -> CloseInfo:
@@ -332,6 +337,22 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._closed_hooks.append(hook)
         return hook
 
+    def _on_handshake_message(self, data: bytes | str) -> None:
+        if self._first is None:
+            self._first = data
+            if self._first_waiter is not None and not self._first_waiter.done():
+                self._first_waiter.set_result(None)
+        elif self._violation is None and not self._channel.is_closing:
+            # A message after the header, before accept(): the client did not
+            # wait for the verdict. Nothing of it reaches the handler.
+            self._violation = self._loop.create_task(
+                self._channel.close(CloseCode.PROTOCOL_ERROR, "message before accept")
+            )
+
+    def _on_handshake_lost(self) -> None:
+        if self._first_waiter is not None and not self._first_waiter.done():
+            self._first_waiter.set_result(None)
+
     def _on_close_frame(self, code: int, reason: str) -> None:
         for hook in self._close_request_hooks:
             call_hook_soon(hook, code, reason)
@@ -368,14 +389,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         header_timeout: float,
     ) -> None:
         if not await self._receive_header(header_timeout):
-            frame = self._ws.protocol.close_sent or self._ws.protocol.close_rcvd
-            code, reason = (frame.code, frame.reason) if frame else (CloseCode.ABNORMAL, "")
-            await self._set_closed(close_info_of(self._ws, code, reason))
+            await self._channel.wait_closed()
+            frames = self._channel.close_frames
+            await self._set_closed(close_info_of(frames, *why_closed(frames)))
             return
         self._state = AcceptorState.ACCEPTING
         loop = asyncio.get_running_loop()
         handler_task: asyncio.Future[None] = asyncio.ensure_future(handler(self))
-        gone = loop.create_task(self._ws.wait_closed())
+        gone = loop.create_task(self._channel.wait_closed())
         try:
             await asyncio.wait({handler_task, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not handler_task.done() and self._communicator is None:
@@ -401,19 +422,22 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         await self._closed.wait()
 
     async def _receive_header(self, timeout: float) -> bool:
-        ws = self._ws
-        try:
-            async with asyncio.timeout(timeout):
-                frame = await ws.recv()
-        except TimeoutError:
-            await ws.close(CloseCode.POLICY_VIOLATION, "no header received in time")
-            return False
-        except ConnectionClosed:
-            return False
+        channel = self._channel
+        if self._first is None and not channel.is_closing:
+            self._first_waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._first_waiter
+            except TimeoutError:
+                await channel.close(CloseCode.POLICY_VIOLATION, "no header received in time")
+                return False
+        frame = self._first
+        if frame is None:
+            return False  # the client left first
         codec = self._server._codec_for_first_frame(frame)
         if codec is None:
             kind = "text" if isinstance(frame, str) else "binary"
-            await ws.close(CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not served here")
+            await channel.close(CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not served here")
             return False
         self._protocol = protocol = RpcProtocol(
             Side.SERVER,
@@ -422,12 +446,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             max_size=self._options.max_message_size,
             send_tracebacks=self._options.send_tracebacks,
         )
+        self._first = b""  # not None: the header arrived; and let it go
         try:
             self._header = protocol.receive_header(frame).value
         except ProtocolError as exc:
-            await ws.close(exc.code, f"bad header: {exc.reason}"[:120])
+            await channel.close(exc.code, f"bad header: {exc.reason}"[:120])
             return False
-        return True
+        # Closing already: the client sent more than its header at once.
+        return not channel.is_closing
 
     async def _after_handler(self, task: asyncio.Future[None]) -> None:
         error = None if task.cancelled() else task.exception()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from types import TracebackType
+from typing import Generic, Self, TypeVar, cast
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
-
-from ._communicator import Communicator, close_info
-from ._connections import ReportingClientConnection
+from . import _transport
+from ._communicator import Communicator, why_closed
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
 from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     Options,
 )
+from ._transport import Channel, ChannelClosed, TransportName
 from ._util import check_close
 from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
@@ -67,6 +65,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         additional_headers: Extra HTTP headers for the upgrade request (a
             cookie, an ``Authorization`` header); the server reads them as
             :attr:`WebSocketAcceptor.request_headers`.
+        transport: The WebSocket library underneath: ``"websockets"`` (the
+            default) or ``"picows"`` (``pip install wsrpc[fast]``; no
+            compression). Either talks to servers on either.
     """
 
     def __init__(
@@ -84,11 +85,17 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         call_timeout: float | None = None,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        transport: TransportName = "websockets",
     ) -> None:
         if provider is not None:
             check_provider(provider)
         self._codec = make_codec(codec)
-        self._additional_headers = additional_headers
+        if additional_headers is None:
+            self._additional_headers: list[tuple[str, str]] = []
+        elif isinstance(additional_headers, Mapping):
+            self._additional_headers = list(additional_headers.items())
+        else:
+            self._additional_headers = list(additional_headers)
         self._header = header
         self._provider = provider
         self._options = Options(
@@ -100,10 +107,11 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
+            transport=transport,
         )
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None
-        self._ws: ClientConnection | None = None
+        self._response_headers: list[tuple[str, str]] = []
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
         self._close_request_hooks: list[CloseRequestHook] = []
@@ -120,8 +128,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         The HTTP headers of the server's upgrade response (read-only,
         case-insensitive), e.g. a ``Set-Cookie``; empty before connect().
         """
-        response = self._ws.response if self._ws is not None else None
-        return HeadersView(response.headers) if response is not None else MappingProxyType({})
+        return HeadersView(self._response_headers)
 
     @property
     def state(self) -> ConnectorState:
@@ -161,55 +168,69 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             max_size=self._options.max_message_size,
             send_tracebacks=self._options.send_tracebacks,
         )
-        ws: ClientConnection | None = None
+        channel: Channel | None = None
         try:
             async with asyncio.timeout(timeout):
-                ws = await self._open(url)
-                await self._handshake(ws, protocol)
+                channel, self._response_headers = await self._open(url)
+                early = await self._handshake(channel, protocol)
         except BaseException as exc:
-            self._set_closed(_failed_connect_info(exc, ws))
-            if ws is not None:
+            self._set_closed(_failed_connect_info(exc, channel))
+            if channel is not None:
                 if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
-                    ws.transport.abort()  # no time left for a closing handshake
+                    channel.abort()  # no time left for a closing handshake
                 else:
-                    await ws.close()
+                    await channel.close(CloseCode.NORMAL, "")
             if isinstance(exc, TimeoutError):
                 raise RpcTimeoutError(f"connect to {url} timed out after {timeout} s") from None
             raise
-        ws.on_close_frame = self._on_close_frame  # type: ignore[attr-defined]
-        self._ws = ws
         self._communicator = Communicator(
-            ws,
+            channel,
             protocol,
             self._provider,
             on_closed=self._on_communicator_closed,
+            on_close_frame=self._on_close_frame,
+            early=early,
             **self._options.communicator_kwargs(),
         )
         self._state = ConnectorState.OPEN
 
-    async def _open(self, url: str) -> ClientConnection:
+    async def _open(self, url: str) -> tuple[Channel, list[tuple[str, str]]]:
         try:
-            return await connect(
-                url,
-                open_timeout=None,
-                additional_headers=self._additional_headers,
-                create_connection=ReportingClientConnection,
-                **cast(Any, self._options.websockets_kwargs()),
+            return await _transport.connect(
+                url, additional_headers=self._additional_headers, options=self._options
             )
-        except (OSError, WebSocketException) as exc:
+        except (OSError, ValueError) as exc:
             raise ConnectError(f"cannot open {url}: {exc}") from exc
 
-    async def _handshake(self, ws: ClientConnection, protocol: RpcProtocol) -> None:
+    async def _handshake(self, channel: Channel, protocol: RpcProtocol) -> list[bytes | str]:
+        """Send the header and wait for the verdict; return the messages that followed it."""
+        verdict: asyncio.Future[bytes | str | None] = asyncio.get_running_loop().create_future()
+        early: list[bytes | str] = []  # the server may call us right after accepting
+
+        def on_message(data: bytes | str) -> None:
+            if verdict.done():
+                early.append(data)
+            else:
+                verdict.set_result(data)
+
+        def on_lost() -> None:
+            if not verdict.done():
+                verdict.set_result(None)
+
+        channel.start(on_message, on_lost, self._on_close_frame)
         try:
-            await ws.send(protocol.send_header(self._header))
-            frame = await ws.recv()
-        except ConnectionClosed as exc:
-            raise RejectedError(*close_info(exc)) from None
+            channel.send(protocol.send_header(self._header))
+        except ChannelClosed as exc:
+            raise RejectedError(exc.code, exc.reason) from None
+        frame = await verdict
+        if frame is None:  # closed before accepting: rejected
+            raise RejectedError(*why_closed(channel.close_frames))
         try:
             protocol.receive_accept(frame)
         except ProtocolError as exc:
-            await ws.close(exc.code, exc.reason)
+            await channel.close(exc.code, exc.reason)
             raise ConnectError(f"the server broke the wsrpc protocol: {exc}") from None
+        return early
 
     def get_driver(self, *, timeout: float | None = None) -> RemoteT:
         """
@@ -316,11 +337,11 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             await self.close()
 
 
-def _failed_connect_info(exc: BaseException, ws: ClientConnection | None) -> CloseInfo:
+def _failed_connect_info(exc: BaseException, channel: Channel | None) -> CloseInfo:
     """How a connector that never opened ended."""
     if isinstance(exc, RejectedError):
         return CloseInfo(exc.code, exc.reason, clean=True, by_peer=True)
-    if ws is not None and ws.protocol.close_sent is not None:
-        frame = ws.protocol.close_sent
-        return CloseInfo(frame.code, frame.reason, clean=False, by_peer=False)
+    sent = channel.close_frames.sent if channel is not None else None
+    if sent is not None:
+        return CloseInfo(sent[0], sent[1], clean=False, by_peer=False)
     return CloseInfo(CloseCode.ABNORMAL, f"connect failed: {type(exc).__name__}", False, False)

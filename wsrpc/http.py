@@ -11,10 +11,8 @@ that the handler does not answer gets websockets' error response (426).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-
-from websockets.datastructures import Headers
 
 __all__ = ["HttpHandler", "HttpRequest", "HttpResponse", "Upgrade"]
 
@@ -60,24 +58,34 @@ HttpHandler = Callable[
 
 
 class HeadersView(Mapping[str, str]):
-    """A read-only, case-insensitive view of websockets' Headers."""
+    """
+    Read-only, case-insensitive HTTP headers, from (name, value) pairs.
 
-    __slots__ = ("_headers",)
+    A header sent several times reads as its values joined with ``", "``.
+    """
 
-    def __init__(self, headers: Headers) -> None:
-        self._headers = headers
+    __slots__ = ("_values",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        values: dict[str, list[str]] = {}
+        for name, value in pairs:
+            values.setdefault(name.lower(), []).append(value)
+        self._values = values
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers.get_all(name)
+        values = self._values.get(name.lower())
         if not values:
             raise KeyError(name)
         return ", ".join(values)
 
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
+        return iter(self._values)
 
     def __len__(self) -> int:
-        return len(self._headers)
+        return len(self._values)
 
     def __repr__(self) -> str:
         return f"<headers {dict(self)!r}>"

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import http
-import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.typing import Origin
-
-from ._connections import ReportingServerConnection
+from . import _transport
 from ._hooks import run_hook
 from ._options import (
     DEFAULT_MAX_CONCURRENT_CALLS,
@@ -24,11 +17,12 @@ from ._options import (
     Options,
     check_timeout,
 )
+from ._transport import Channel, Listener, TransportName
 from .acceptor import TOKEN, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
 from .exceptions import StateError
 from .groups import Group, Outcome, broadcast, notify
-from .http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
+from .http import HttpHandler
 from .messages import CloseCode
 from .states import CloseInfo, ServerState
 
@@ -110,12 +104,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         call_timeout: float | None = None,
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
+        transport: TransportName = "websockets",
     ) -> None:
         check_timeout(header_timeout, "header_timeout")
         if not codecs or not set(codecs) <= {"msgpack", "tgrid"}:
             raise ValueError("codecs must name 'msgpack', 'tgrid' or both")
         self._allowed_codecs = frozenset(codecs)
-        self._origins = None if origins is None else [cast(Origin | None, o) for o in origins]
+        self._origins = None if origins is None else list(origins)
         self._options = Options(
             max_message_size=max_message_size,
             max_concurrent_calls=max_concurrent_calls,
@@ -125,10 +120,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
+            transport=transport,
         )
         self._header_timeout = header_timeout
         self._state = ServerState.NONE
-        self._server: Server | None = None
+        self._server: Listener | None = None
         self._handler: Handler[HeaderT, ProviderT, RemoteT] | None = None
         self._acceptors: dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = {}
         self._ids = itertools.count(1)
@@ -155,7 +151,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         """
         if self._server is None or self._state is not ServerState.OPEN:
             raise StateError(f"no port: the server is {self._state.value}")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._server.port
 
     @property
     def acceptors(self) -> MappingProxyType[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]:
@@ -280,54 +276,30 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._handler = handler
         self._http_handler = http_handler
         try:
-            self._server = await serve(
-                self._handle,
+            self._server = await _transport.listen(
                 host,
                 port,
+                self._handle,
+                options=self._options,
                 origins=self._origins,
-                create_connection=ReportingServerConnection,
-                process_request=self._process_request if http_handler is not None else None,
-                process_response=self._process_response if http_handler is not None else None,
-                **cast(Any, self._options.websockets_kwargs()),
+                http_handler=http_handler,
             )
         except BaseException:
             self._state = ServerState.NONE
             raise
         self._state = ServerState.OPEN
 
-    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        assert self._http_handler is not None
-        answer = self._http_handler(HttpRequest(request.path, HeadersView(request.headers)))
-        if inspect.isawaitable(answer):
-            answer = await answer
-        if isinstance(answer, Upgrade):
-            assert isinstance(ws, ReportingServerConnection)
-            ws.upgrade_headers = answer.headers
-            return None
-        if isinstance(answer, HttpResponse):
-            return _response(answer)
-        return None
-
-    def _process_response(
-        self, ws: ServerConnection, request: Request, response: Response
-    ) -> Response | None:
-        assert isinstance(ws, ReportingServerConnection)
-        for name, value in ws.upgrade_headers:
-            response.headers[name] = value  # appends: several Set-Cookie are fine
-        return None
-
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, channel: Channel) -> None:
         assert self._handler is not None
         if self._state is not ServerState.OPEN:
             # Upgraded just as close() began: it will not see this one.
-            await ws.close(CloseCode.GOING_AWAY, "server closing")
+            await channel.close(CloseCode.GOING_AWAY, "server closing")
             return
         acceptor_id = next(self._ids)
-        assert isinstance(ws, ReportingServerConnection)
         # The plain class, not WebSocketAcceptor[...]: a subscripted call
         # would store __orig_class__ on every connection.
         acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT] = WebSocketAcceptor(
-            TOKEN, self, ws, acceptor_id
+            TOKEN, self, channel, acceptor_id
         )
         self._acceptors[acceptor_id] = acceptor
         try:
@@ -365,7 +337,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         server = self._server
         assert server is not None
         try:
-            server.close(close_connections=False)
+            server.stop_accepting()
             acceptors = list(self._acceptors.values())
             if acceptors:
                 await asyncio.gather(
@@ -390,17 +362,3 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
     ) -> None:
         await self.close()
 
-
-def _response(answer: HttpResponse) -> Response:
-    headers = Headers(answer.headers)
-    body = answer.body
-    if isinstance(body, str):
-        body = body.encode()
-        if "Content-Type" not in headers:
-            headers["Content-Type"] = "text/plain; charset=utf-8"
-    headers["Content-Length"] = str(len(body))
-    try:
-        phrase = http.HTTPStatus(answer.status).phrase
-    except ValueError:
-        phrase = ""
-    return Response(answer.status, phrase, headers, body)

@@ -53,6 +53,7 @@ from typing import Any, Generic, Self, TypeVar, cast, final
 
 from . import connector as _aio
 from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE
+from ._transport import TransportName
 from ._util import check_close
 from .acceptor import WebSocketAcceptor
 from .codecs import Codec, CodecName
@@ -385,6 +386,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         call_timeout: float | None = None,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        transport: TransportName = "websockets",
     ) -> None:
         self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
             header,
@@ -399,6 +401,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             call_timeout=call_timeout,
             codec=codec,
             additional_headers=additional_headers,
+            transport=transport,
         )
         self._lock = threading.Lock()
         self._portal: _LoopThread | None = None

@@ -1,0 +1,281 @@
+"""
+The seam between wsrpc's asyncio layer and the library that speaks WebSocket.
+
+wsrpc needs little from a WebSocket implementation, and all of it is here:
+
+* :class:`Channel`: one open connection. Messages arrive through a callback,
+  in the transport's own data callback (no reader task, no queue, one task
+  wake-up less per message); messages go out without waiting, with a
+  separate :meth:`Channel.drain` for flow control.
+* :class:`Listener`: a listening server that hands each upgraded connection
+  to wsrpc as a :class:`Channel`.
+* :class:`ChannelClosed`: the only exception a transport raises; the asyncio
+  layer turns it into :exc:`~wsrpc.ConnectionClosedError`.
+
+Two transports implement it: :mod:`wsrpc._websockets` (the default, on
+`websockets`) and :mod:`wsrpc._picows` (``transport="picows"``, the
+``wsrpc[fast]`` extra). The opening handshake, its HTTP details and TLS are
+each transport's own business; everything after it is the same code.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._options import Options
+    from .http import HttpHandler
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "CloseFrames",
+    "Listener",
+    "TransportName",
+    "connect",
+    "listen",
+]
+
+TransportName = Literal["websockets", "picows"]
+
+MessageCallback = Callable[[bytes | str], None]
+CloseFrameCallback = Callable[[int, str], None]
+LostCallback = Callable[[], None]
+
+
+class ChannelClosed(Exception):
+    """The connection is closing or closed; ``code`` and ``reason`` say why."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CloseFrames:
+    """The close frames of a connection's closing handshake, so far."""
+
+    received: tuple[int, str] | None
+    """The peer's close frame (code, reason), if one arrived."""
+    sent: tuple[int, str] | None
+    """Our close frame (code, reason), if we sent one."""
+    peer_first: bool
+    """Whether the peer's close frame came before ours (the peer closed)."""
+
+
+class Channel(abc.ABC):
+    """
+    One open WebSocket connection, as wsrpc's asyncio layer uses it.
+
+    Every method runs in the event loop's thread. Callbacks run inside the
+    transport's data callback: they must not block, and may call any method
+    of the channel, including :meth:`send` and :meth:`abort`.
+    """
+
+    __slots__ = ()
+
+    # -- receiving ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def start(
+        self,
+        on_message: MessageCallback,
+        on_lost: LostCallback,
+        on_close_frame: CloseFrameCallback | None = None,
+    ) -> None:
+        """
+        Begin delivering messages; may be called again to change callbacks.
+
+        ``on_message(data)`` receives every complete data message, in order:
+        fragments are joined, text messages are decoded (``str``), binary
+        ones are ``bytes``. Messages that arrived before the first
+        ``start()`` were held and are delivered by it, synchronously, before
+        it returns. ``on_close_frame(code, reason)`` runs when the peer
+        starts the closing handshake (not when it answers ours).
+        ``on_lost()`` runs once, after the last message, when the connection
+        is gone (closed cleanly, dropped or aborted); if it is already gone,
+        ``start()`` calls it before returning.
+        """
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (TCP pushes back) until resumed. Idempotent."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`. Idempotent."""
+
+    # -- sending --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def send(self, data: bytes | str) -> None:
+        """
+        Write one message (text if ``str``) now, without waiting.
+
+        Raises:
+            ChannelClosed: the connection is closing or closed; nothing was sent.
+        """
+
+    @property
+    @abc.abstractmethod
+    def writing_paused(self) -> bool:
+        """Whether the write buffer is above its high-water mark."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """
+        Wait until the write buffer is below its low-water mark.
+
+        Returns at once when it is, and when the connection is gone.
+        """
+
+    @abc.abstractmethod
+    def ping(self) -> asyncio.Future[None]:
+        """
+        Send a ping; the future resolves when its pong arrives.
+
+        The future fails with :exc:`ChannelClosed` if the connection goes first.
+
+        Raises:
+            ChannelClosed: the connection is closing or closed.
+        """
+
+    # -- closing --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def close(self, code: int, reason: str) -> None:
+        """
+        Run the closing handshake with ``code`` and ``reason``, then drop the
+        socket; return once it is gone. If the peer does not answer within
+        the close timeout, the socket is dropped anyway. Idempotent.
+        """
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the socket now, with no closing handshake."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+
+    @property
+    @abc.abstractmethod
+    def is_closing(self) -> bool:
+        """Whether the closing handshake has begun or the connection is gone."""
+
+    @property
+    @abc.abstractmethod
+    def close_frames(self) -> CloseFrames:
+        """The close frames sent and received so far."""
+
+    # -- the opening request ----------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def remote_ip(self) -> str:
+        """The peer's IP address, or ``""`` if unknown."""
+
+    @property
+    @abc.abstractmethod
+    def request_path(self) -> str:
+        """The request target of the upgrade (path and query); ``""`` if unknown."""
+
+    @property
+    @abc.abstractmethod
+    def request_headers(self) -> Sequence[tuple[str, str]]:
+        """The upgrade request's headers as (name, value) pairs, in order."""
+
+
+class Listener(abc.ABC):
+    """A listening WebSocket server."""
+
+    __slots__ = ()
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int:
+        """The port it listens on."""
+
+    @abc.abstractmethod
+    def stop_accepting(self) -> None:
+        """Stop accepting new connections; open ones go on."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the listening sockets are closed."""
+
+
+# -- picking the transport ---------------------------------------------------------
+
+_FAST_MISSING = "transport='picows' needs picows: pip install 'wsrpc[fast]'"
+
+
+async def listen(
+    host: str,
+    port: int,
+    on_channel: Callable[[Channel], Awaitable[None]],
+    *,
+    options: Options,
+    origins: Sequence[str | None] | None,
+    http_handler: HttpHandler | None,
+) -> Listener:
+    """Listen on ``host``:``port`` with the transport ``options`` name."""
+    if options.transport == "websockets":
+        from . import _websockets
+
+        return await _websockets.listen(
+            host,
+            port,
+            on_channel,
+            options=options.websockets_kwargs(),
+            origins=origins,
+            http_handler=http_handler,
+        )
+    if http_handler is not None:
+        raise ValueError("http_handler needs transport='websockets'")
+    try:
+        from . import _picows
+    except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
+        raise ImportError(_FAST_MISSING) from exc
+    return await _picows.listen(
+        host,
+        port,
+        on_channel,
+        max_message_size=options.max_message_size,
+        close_timeout=options.close_timeout,
+        origins=origins,
+    )
+
+
+async def connect(
+    url: str, *, additional_headers: Sequence[tuple[str, str]], options: Options
+) -> tuple[Channel, list[tuple[str, str]]]:
+    """
+    Open a WebSocket to ``url`` with the transport ``options`` name; return
+    its channel (not started) and the upgrade response's headers.
+
+    Raises:
+        OSError: the TCP (or TLS) connection failed.
+        ValueError: a bad URL, or the server refused the upgrade.
+    """
+    if options.transport == "websockets":
+        from . import _websockets
+
+        return await _websockets.connect(
+            url, additional_headers=additional_headers, options=options.websockets_kwargs()
+        )
+    try:
+        from . import _picows
+    except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
+        raise ImportError(_FAST_MISSING) from exc
+    return await _picows.connect(
+        url,
+        additional_headers=additional_headers,
+        max_message_size=options.max_message_size,
+        close_timeout=options.close_timeout,
+    )
