@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import select
 import shutil
 import statistics
@@ -35,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +55,8 @@ class System:
     requires: tuple[str, ...]
     uvloop: bool = False
     default: bool = True
+    thread_per_connection: bool = False
+    """The server runs one thread per connection (idle: capped by the machine's task limits)."""
 
 
 SYSTEMS: dict[str, System] = {
@@ -79,8 +82,15 @@ SYSTEMS: dict[str, System] = {
             ("wsrpc", "uvloop"),
             uvloop=True,
         ),
+        System(
+            "wsrpc-fast",
+            "wsrpc_fast_system",
+            "wsrpc, transport=picows, on uvloop",
+            ("wsrpc", "picows", "uvloop"),
+            uvloop=True,
+        ),
         System("socketio", "socketio_system", "python-socketio (aiohttp)", ("socketio", "aiohttp")),
-        System("rpyc", "rpyc_system", "rpyc (threads)", ("rpyc",)),
+        System("rpyc", "rpyc_system", "rpyc (threads)", ("rpyc",), thread_per_connection=True),
         System("picows", "picows_system", "raw picows (+uvloop)", ("picows", "msgpack"), True),
     )
 }
@@ -94,6 +104,10 @@ class Metric:
     label: str
     higher_is_better: bool
     digits: int = 0
+    ratio: bool = True
+    """Show the ratio to the ceiling (counts have none worth showing)."""
+    out_of: str | None = None
+    """The key of the total this figure is a part of, shown as ``part/total``."""
 
 
 CALLS = Metric("calls_per_s", "calls/s", True)
@@ -102,6 +116,11 @@ P99 = Metric("p99_us", "p99 µs", False, 1)
 MIBS = Metric("mib_per_s", "MiB/s", True, 1)
 KIB_PER_CONN = Metric("rss_per_conn_kib", "server KiB/conn", False, 1)
 SERVER_CPU = Metric("server_cpu_us_per_call", "server CPU µs/call", False, 1)
+CONNS_OPEN = Metric("connections", "conns open", True, ratio=False, out_of="connections_requested")
+RSS_BEFORE = Metric("rss_before_mib", "server MiB before", False, 1, ratio=False)
+RSS_OPENED = Metric("rss_opened_mib", "server MiB after", False, 1, ratio=False)
+OPEN_S = Metric("connect_s", "open s", False, 2)
+SAMPLE_OK = Metric("sample_ok", "sample calls ok", True, ratio=False, out_of="sample")
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,11 @@ class Scenario:
 
     def describe(self, budget: Budget) -> str:
         return self.title.format(
-            inflight=budget.inflight, conns=budget.conns, payload_mib=budget.payload_size / 2**20
+            inflight=budget.inflight,
+            conns=budget.conns,
+            batch=budget.batch,
+            sample=budget.sample,
+            payload_mib=budget.payload_size / 2**20,
         )
 
 
@@ -133,6 +156,11 @@ SCENARIOS: dict[str, Scenario] = {
             "{conns:,} connections, each making sequential calls",
             (CALLS, KIB_PER_CONN),
         ),
+        Scenario(
+            "idle",
+            "{conns:,} idle connections, opened {batch:,} at a time; then one call on {sample:,}",
+            (CONNS_OPEN, RSS_BEFORE, RSS_OPENED, KIB_PER_CONN, OPEN_S, SAMPLE_OK),
+        ),
         Scenario("payload", "{payload_mib:g} MiB bytes echo, one at a time", (MIBS,)),
         Scenario(
             "callbacks", "server calls the client's add(a, b), sequentially", (CALLS, P50, P99)
@@ -152,13 +180,34 @@ class Budget:
     batch: int = 100
     inflight: int = 100
     payload_size: int = 2**20
+    sample: int = 100
     timeout: float = 60.0  # for the whole run, server start included
+    max_repeat: int | None = None  # runs of this scenario at most, whatever --repeat says
 
     def client_args(self) -> list[str]:
         args = ["--count", str(self.count), "--duration", str(self.duration)]
         args += ["--warmup", str(self.warmup), "--inflight", str(self.inflight)]
         args += ["--conns", str(self.conns), "--batch", str(self.batch)]
+        args += ["--sample", str(self.sample)]
         return [*args, "--payload-size", str(self.payload_size)]
+
+    def runs(self, repeat: int) -> int:
+        return repeat if self.max_repeat is None else min(repeat, self.max_repeat)
+
+
+IDLE_CONNS = 10_000
+IDLE_REPEAT = 1
+"""
+Runs of the idle scenario in a full run: opening 10,000 connections takes
+4-18 s per system, and the memory figures move by under 1 % between runs.
+"""
+
+
+def idle_budget(conns: int, repeat: int = IDLE_REPEAT, *, smoke: bool = False) -> Budget:
+    """The idle scenario with ``conns`` connections: its timeout grows with them."""
+    if smoke:
+        return Budget(0, 0.0, 0.01, conns=conns, batch=10, sample=10, timeout=30 + conns / 20)
+    return Budget(0, 0.0, 0.1, conns=conns, timeout=60 + conns / 50, max_repeat=repeat)
 
 
 FULL: dict[str, Budget] = {
@@ -166,6 +215,7 @@ FULL: dict[str, Budget] = {
     "pinned": Budget(200_000, 1.5),
     "pipelined": Budget(2_000_000, 1.5),
     "many_clients": Budget(2_000_000, 2.0, 0.1, conns=1000, timeout=180),
+    "idle": idle_budget(IDLE_CONNS),
     "payload": Budget(2_000, 1.5, 0.0),
     "callbacks": Budget(200_000, 1.5),
 }
@@ -174,6 +224,7 @@ SMOKE: dict[str, Budget] = {
     "pinned": Budget(200, 2.0, 0.01, timeout=30),
     "pipelined": Budget(500, 2.0, 0.01, timeout=30),
     "many_clients": Budget(200, 2.0, 0.01, conns=20, batch=10, timeout=30),
+    "idle": idle_budget(20, smoke=True),
     "payload": Budget(3, 2.0, 0.0, payload_size=2**20, timeout=30),
     "callbacks": Budget(200, 2.0, 0.01, timeout=30),
 }
@@ -234,6 +285,68 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listen_drops() -> int | None:
+    """
+    Connection attempts this network namespace's listening sockets dropped so
+    far (``TcpExt: ListenDrops``, accept-queue overflows included), or None.
+
+    Each drop costs the client a SYN retransmission (a second or more) and so
+    inflates the time to open connections; counted around the scenarios that
+    open many of them.
+    """
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            drops = fields.get("ListenDrops")
+            return int(drops) if drops is not None else None
+    return None
+
+
+IDLE_MARGIN = 200
+"""File descriptors, ports or tasks left spare when capping the idle scenario."""
+
+
+def read_ints(path: str) -> list[int]:
+    try:
+        return [int(word) for word in Path(path).read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def idle_cap(system: System) -> tuple[int, str] | None:
+    """
+    The most connections ``system`` can hold open on this machine in the idle
+    scenario, and why; None if no limit is known.
+
+    Each process (client and server) needs a descriptor per connection, and
+    raises its soft open-files limit to the hard one; the client needs a local
+    port per connection; a thread-per-connection server needs a task (a pid)
+    per connection.
+    """
+    caps: list[tuple[int, str]] = []
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        caps.append((hard - IDLE_MARGIN, f"open-files limit of {hard:,} per process"))
+    ports = read_ints("/proc/sys/net/ipv4/ip_local_port_range")
+    if len(ports) == 2:
+        span = ports[1] - ports[0] + 1
+        caps.append((span - IDLE_MARGIN, f"{span:,} local ports (ip_local_port_range)"))
+    if system.thread_per_connection:
+        limits = read_ints("/proc/sys/kernel/pid_max") + read_ints("/proc/sys/kernel/threads-max")
+        if limits:
+            tasks = sum(1 for _ in Path("/proc").glob("[0-9]*/task/[0-9]*"))
+            why = (
+                f"one server thread per connection, and {min(limits):,} tasks at most "
+                f"(pid_max, threads-max) with {tasks:,} in use"
+            )
+            caps.append((min(limits) - tasks - IDLE_MARGIN, why))
+    return min(caps, default=None)
 
 
 def pin_command() -> list[str] | None:
@@ -304,6 +417,7 @@ def run_once(system: System, scenario: str, budget: Budget, workdir: Path) -> di
     rss: dict[str, float | None] = {}
     cpu: dict[str, float | None] = {}
     result: dict[str, Any] | None = None
+    drops_before = listen_drops()
     try:
         with child([*base, "server", *loop], server_log) as server:
             assert server.stdout is not None
@@ -332,6 +446,9 @@ def run_once(system: System, scenario: str, budget: Budget, workdir: Path) -> di
         raise RunError(f"{what}\n{logs}") from None
     if result is None:
         raise RunError(f"no result\n--- client stderr:\n{tail(client_log)}")
+    drops_after = listen_drops()
+    if drops_before is not None and drops_after is not None:
+        result["listen_drops"] = drops_after - drops_before
     calls = result.get("calls") or 0
     start_cpu, end_cpu = cpu.get("start"), cpu.get("end")
     if start_cpu is not None and end_cpu is not None and calls:
@@ -344,9 +461,27 @@ def run_once(system: System, scenario: str, budget: Budget, workdir: Path) -> di
         conns = result.get("connections") or 0
         if before is not None and opened is not None and conns:
             result["rss_per_conn_kib"] = (opened - before) / conns
+        if before is not None and opened is not None:
+            result["rss_before_mib"], result["rss_opened_mib"] = before / 1024, opened / 1024
         if before is not None and active is not None and conns:
             result["rss_per_conn_active_kib"] = (active - before) / conns
     return result
+
+
+def shortfalls(scenario: str, figures: dict[str, Any]) -> list[str]:
+    """What went wrong in a run that still produced figures (idle: closed or dead connections)."""
+    if scenario != "idle":
+        return []
+    found = []
+    opened, requested = figures.get("connections", 0), figures.get("connections_requested", 0)
+    if opened < requested:
+        error = figures.get("first_connect_error")
+        found.append(f"only {opened:,} of {requested:,} connections opened (first error: {error})")
+    ok, sample = figures.get("sample_ok", 0), figures.get("sample", 0)
+    if ok < sample:
+        error = figures.get("first_sample_error")
+        found.append(f"{ok} of {sample} sample calls succeeded (first error: {error})")
+    return found
 
 
 # -- aggregation and output -----------------------------------------------------------
@@ -361,6 +496,7 @@ class Cell:
     status: str = "pending"  # ok, error, unavailable, unsupported
     median: dict[str, float] = field(default_factory=dict)
     ratio: dict[str, float] = field(default_factory=dict)
+    note: str = ""  # printed under the table: a cap, or why the system is skipped
 
     def summarize(self) -> None:
         if not self.reps:
@@ -384,8 +520,22 @@ def cell_text(cell: Cell | None, metric: Metric) -> str:
     if cell is None or metric.key not in cell.median:
         return "n/a" if cell is None or cell.status != "error" else "failed"
     text = fmt(cell.median[metric.key], metric.digits)
-    ratio = cell.ratio.get(metric.key)
+    if metric.out_of is not None and metric.out_of in cell.median:
+        text += "/" + fmt(cell.median[metric.out_of], metric.digits)
+    ratio = cell.ratio.get(metric.key) if metric.ratio else None
     return f"{text} ({ratio:.2f}x)" if ratio is not None else text
+
+
+def notes(
+    results: dict[str, dict[str, Cell]], systems: list[str], scenario: str
+) -> list[tuple[str, str]]:
+    """The notes of a scenario (caps, why a system was skipped), each with its systems."""
+    found: dict[str, list[str]] = {}
+    for system in systems:
+        cell = results[system].get(scenario)
+        if cell is not None and cell.note:
+            found.setdefault(cell.note, []).append(system)
+    return [(", ".join(names), note) for note, names in found.items()]
 
 
 def text_table(
@@ -393,14 +543,16 @@ def text_table(
     systems: list[str],
     scenarios: list[str],
     budgets: dict[str, Budget],
+    repeat: int,
 ) -> str:
     out: list[str] = []
     for name in scenarios:
         scenario = SCENARIOS[name]
-        out.append(f"\n{name}: {scenario.describe(budgets[name])}")
+        runs = budgets[name].runs(repeat)
+        once = f" [{runs} run{'s' if runs > 1 else ''}, not {repeat}]" if runs != repeat else ""
+        out.append(f"\n{name}: {scenario.describe(budgets[name])}{once}")
         header = ["system"] + [
-            f"{m.label} ({'higher' if m.higher_is_better else 'lower'} is better)"
-            for m in scenario.metrics
+            f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in scenario.metrics
         ]
         rows = [header]
         for system in systems:
@@ -418,7 +570,10 @@ def text_table(
                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
+        for system, note in notes(results, systems, name):
+            out.append(f"  note: {system}: {note}")
     out.append(f"\n* ceiling: every ratio (x) is relative to {CEILING} ({SYSTEMS[CEILING].label}).")
+    out.append("↑: higher is better; ↓: lower is better.")
     return "\n".join(out)
 
 
@@ -438,6 +593,13 @@ def markdown_table(
                 else:
                     row.append(cell_text(cell, metric))
             lines.append("| " + " | ".join(row) + " |")
+    footnotes = [
+        f"- {name}, {system}: {note}"
+        for name in scenarios
+        for system, note in notes(results, systems, name)
+    ]
+    if footnotes:
+        lines += ["", *footnotes]
     return "\n".join(lines) + "\n"
 
 
@@ -449,6 +611,8 @@ CHART_PANELS = (
     ("pipelined", "calls_per_s"),
     ("many_clients", "calls_per_s"),
     ("many_clients", "rss_per_conn_kib"),
+    ("idle", "rss_per_conn_kib"),
+    ("idle", "connect_s"),
     ("payload", "mib_per_s"),
     ("callbacks", "calls_per_s"),
 )
@@ -461,8 +625,13 @@ def draw_chart(
     scenarios: list[str],
     path: Path,
     title: str,
+    asides: dict[str, str] | None = None,
 ) -> bool:
-    """Draw one panel per figure of merit; False if matplotlib is not installed."""
+    """
+    Draw one panel per figure of merit; False if matplotlib is not installed.
+
+    ``asides`` adds a word to the titles of a scenario's panels (its size, its runs).
+    """
     try:
         import matplotlib
 
@@ -486,7 +655,12 @@ def draw_chart(
         figsize=(5.2 * columns, (0.4 * len(systems) + 1.4) * rows + 0.8),
         squeeze=False,
     )
-    colors = {CEILING: "#555555", "wsrpc": "#d62728", "wsrpc-uvloop": "#ff7f0e"}
+    colors = {
+        CEILING: "#555555",
+        "wsrpc": "#d62728",
+        "wsrpc-uvloop": "#ff7f0e",
+        "wsrpc-fast": "#9467bd",
+    }
     for ax, (scenario, metric) in zip(axes.flat, panels, strict=False):
         names, values, labels, bar_colors = [], [], [], []
         for system in systems:
@@ -495,7 +669,7 @@ def draw_chart(
                 continue
             names.append(system)
             values.append(cell.median[metric.key])
-            ratio = cell.ratio.get(metric.key)
+            ratio = cell.ratio.get(metric.key) if metric.ratio else None
             labels.append(
                 f"{fmt(cell.median[metric.key], metric.digits)}  ({ratio:.2f}x)"
                 if ratio is not None
@@ -510,7 +684,8 @@ def draw_chart(
         for y, value, label in zip(positions, values, labels, strict=True):
             ax.text(value + top * 0.02, y, label, va="center", fontsize=8)
         better = "higher is better" if metric.higher_is_better else "lower is better"
-        ax.set_title(f"{scenario}: {metric.label}\n({better})", fontsize=10)
+        aside = f" ({asides[scenario]})" if asides and scenario in asides else ""
+        ax.set_title(f"{scenario}{aside}: {metric.label}\n({better})", fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.grid(axis="x", alpha=0.3)
@@ -617,6 +792,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument(
+        "--idle-conns",
+        type=int,
+        metavar="N",
+        help=f"idle: connections to open and hold (default {IDLE_CONNS:,}, smoke 20)",
+    )
+    parser.add_argument(
+        "--idle-repeat",
+        type=int,
+        metavar="N",
+        help=f"idle: runs per figure (default {IDLE_REPEAT}; at most --repeat)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -644,6 +831,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.smoke else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.idle_conns is not None and args.idle_conns < 1:
+        parser.error("--idle-conns must be at least 1")
+    if args.idle_repeat is not None and args.idle_repeat < 1:
+        parser.error("--idle-repeat must be at least 1")
     if args.out is None:
         args.out = RESULTS_DIR / ("smoke.json" if args.smoke else "latest.json")
     if args.chart is None and not args.smoke and not args.no_chart:
@@ -668,7 +859,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "other work will skew the figures",
             file=sys.stderr,
         )
-    budgets = SMOKE if args.smoke else FULL
+    budgets = dict(SMOKE if args.smoke else FULL)
+    if args.idle_conns is not None or args.idle_repeat is not None:
+        budgets["idle"] = idle_budget(
+            args.idle_conns or budgets["idle"].conns,
+            args.idle_repeat or IDLE_REPEAT,
+            smoke=args.smoke,
+        )
     systems: list[str] = args.systems
     scenarios: list[str] = args.scenarios
     results: dict[str, dict[str, Cell]] = {s: {n: Cell() for n in scenarios} for s in systems}
@@ -682,6 +879,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pinned: unsupported here (no taskset)", file=sys.stderr)
         for name in systems:
             results[name]["pinned"].status = "unsupported"
+    system_budgets = {name: dict(budgets) for name in systems}
+    if "idle" in scenarios:
+        # Cap what a system or this machine cannot hold, rather than watch it fail.
+        idle = budgets["idle"]
+        for name in systems:
+            cap, cell = idle_cap(SYSTEMS[name]), results[name]["idle"]
+            if cap is None or cap[0] >= idle.conns or cell.status == "unavailable":
+                continue
+            limit, reason = cap
+            if limit < 1:
+                cell.status, cell.note = "unsupported", f"skipped: {reason}"
+            else:
+                budget = replace(idle, conns=limit, sample=min(idle.sample, limit))
+                system_budgets[name]["idle"] = budget
+                cell.note = f"capped at {limit:,} of {idle.conns:,} connections: {reason}"
+            print(f"idle: {name}: {cell.note}", file=sys.stderr)
 
     failures = 0
     with tempfile.TemporaryDirectory(prefix="wsrpc-bench-") as tmp:
@@ -690,13 +903,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Rotate the order each repetition so no system always runs first.
             order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
             for scenario in scenarios:
+                if rep >= budgets[scenario].runs(args.repeat):
+                    continue
                 for name in order:
                     cell = results[name][scenario]
                     if cell.status in ("unavailable", "unsupported"):
                         continue
                     t0 = time.monotonic()
+                    budget = system_budgets[name][scenario]
                     try:
-                        figures = run_once(SYSTEMS[name], scenario, budgets[scenario], workdir)
+                        figures = run_once(SYSTEMS[name], scenario, budget, workdir)
                     except RunError as exc:
                         failures += 1
                         cell.errors.append(str(exc))
@@ -707,12 +923,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     cell.reps.append(figures)
                     metric = SCENARIOS[scenario].metrics[0]
+                    drops = figures.get("listen_drops")
                     print(
                         f"[{rep + 1}/{args.repeat}] {scenario:12} {name:20} "
                         f"{fmt(figures.get(metric.key), metric.digits):>12} {metric.label}"
-                        f"  ({time.monotonic() - t0:.1f} s)",
+                        f"  ({time.monotonic() - t0:.1f} s)"
+                        + (
+                            f"  [{drops} connection attempts dropped by a listen queue]"
+                            if drops
+                            else ""
+                        ),
                         file=sys.stderr,
                     )
+                    for problem in shortfalls(scenario, figures):
+                        failures += 1
+                        cell.errors.append(problem)
+                        print(
+                            f"[{rep + 1}/{args.repeat}] {scenario:12} {name:20} FAILED: {problem}",
+                            file=sys.stderr,
+                        )
     for name in systems:
         for cell in results[name].values():
             cell.summarize()
@@ -739,6 +968,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "versions": versions(),
             "wsrpc_revision": wsrpc_revision(),
             "budgets": {n: asdict(budgets[n]) for n in scenarios},
+            # Where a system ran a scenario with other bounds (idle: a cap).
+            "system_budgets": {
+                name: {n: asdict(b) for n, b in per.items() if n in scenarios and b != budgets[n]}
+                for name, per in system_budgets.items()
+                if any(n in scenarios and b != budgets[n] for n, b in per.items())
+            },
         },
         "systems": {n: asdict(SYSTEMS[n]) for n in systems},
         "scenarios": scenarios,
@@ -773,15 +1008,23 @@ def render(document: dict[str, Any], out: Path, chart: Path | None) -> None:
     )
     markdown = out.with_suffix(".md")
     markdown.write_text(markdown_table(results, systems, scenarios))
-    print(text_table(results, systems, scenarios, budgets))
+    print(text_table(results, systems, scenarios, budgets, meta["repeat"]))
     print(f"\n{title}")
     print(
         f"load average (1, 5, 15 min): {meta['load_average_start']} at the start, "
         f"{meta['load_average_end']} at the end"
     )
     print(f"wall time {meta['wall_time_s']:.1f} s; results in {out} and {markdown}")
+    asides = {}
+    for name in scenarios:
+        words = [f"{budgets[name].conns:,} conns"] if name == "idle" else []
+        runs = budgets[name].runs(meta["repeat"])
+        if runs != meta["repeat"]:
+            words.append(f"{runs} run{'s' if runs > 1 else ''}")
+        if words:
+            asides[name] = ", ".join(words)
     if chart is not None:
-        if draw_chart(results, systems, scenarios, chart, "wsrpc benchmarks: " + title):
+        if draw_chart(results, systems, scenarios, chart, "wsrpc benchmarks: " + title, asides):
             print(f"chart in {chart}")
         else:
             print("no chart: matplotlib is not installed in this interpreter")

@@ -2,7 +2,11 @@
 Shared test helpers.
 
 Every timeout in the tests is a multiple of ``UNIT`` seconds, so a slow
-machine can scale them all with ``WSRPC_TEST_UNIT=2``. Nothing synchronises
+machine can scale them all with ``WSRPC_TEST_UNIT=2``.
+
+``WSRPC_TEST_TRANSPORT=picows`` runs the tests on the fast transport: it
+becomes the default of every server and connector the tests make (``make
+test`` runs the transport-independent tests once more this way). Nothing synchronises
 with sleep(): tests wait on events, futures or ``join()``, bounded by these
 generous timeouts. Servers bind 127.0.0.1 on port 0.
 """
@@ -22,6 +26,15 @@ import wsrpc
 
 UNIT = float(os.environ.get("WSRPC_TEST_UNIT", "1.0"))
 """One unit of test time, in seconds."""
+
+TRANSPORT = os.environ.get("WSRPC_TEST_TRANSPORT", "websockets")
+"""The transport the tests' servers and connectors use unless they say."""
+
+if TRANSPORT != "websockets":
+    for _cls in (wsrpc.WebSocketServer, wsrpc.WebSocketConnector, wsrpc.sync.WebSocketConnector):
+        _defaults = _cls.__init__.__kwdefaults__
+        assert _defaults is not None and "transport" in _defaults
+        _defaults["transport"] = TRANSPORT
 
 
 def url_of(server: wsrpc.WebSocketServer[Any, Any, Any], path: str = "/") -> str:

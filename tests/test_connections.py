@@ -160,7 +160,7 @@ async def test_close_info_tells_failure_from_graceful_close() -> None:
         async with clients(server, 1) as [(connector, _)]:
             communicator = connector._communicator
             assert communicator is not None
-            communicator._ws.transport.abort()  # no closing handshake at all
+            communicator._channel.abort()  # no closing handshake at all
             async with asyncio.timeout(5 * UNIT):
                 await done.wait()
                 client_info = await connector.join()
@@ -316,7 +316,8 @@ async def test_http_requests_beside_the_endpoint() -> None:
             return wsrpc.Upgrade(headers=[("Set-Cookie", "session=s1; HttpOnly")])
         return wsrpc.HttpResponse(404, "not found\n", headers=[("X-Why", "no route")])
 
-    server: Server = wsrpc.WebSocketServer()
+    # http_handler is a websockets feature: pinned, whatever the tests' transport.
+    server: Server = wsrpc.WebSocketServer(transport="websockets")
     await server.open(0, accept_service, http_handler=http_handler)
     try:
         base = f"http://127.0.0.1:{server.port}"

@@ -55,13 +55,13 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 import wsrpc
 from wsrpc import ConnectorState
+from wsrpc._transport import MAX_FRAGMENTS
 
 from .conftest import UNIT, AnyAcceptor, running_server, url_of
 
@@ -697,7 +697,7 @@ MSGPACK_CASES = [
         calls=("echo",),
         options=SMALL,
     ),
-    # Fragments: websockets reassembles up to MAX_FRAGMENTS frames within max_size.
+    # Fragments: wsrpc reassembles up to MAX_FRAGMENTS frames within max_size.
     Case(
         "valid call in 100 fragments",
         "msgpack",
@@ -736,7 +736,7 @@ MSGPACK_CASES = [
         (mp(2, 1, "echo", [b"\0" * (8 * MiB)]),),
         (1009,),
         compression=True,
-        options={"compression": True},
+        options={"compression": True, "transport": "websockets"},
     ),
     Case(
         "decompression bomb in fragments",
@@ -744,7 +744,7 @@ MSGPACK_CASES = [
         (Fragments((b"\0" * MiB,) * 8),),
         (1009,),
         compression=True,
-        options={"compression": True},
+        options={"compression": True, "transport": "websockets"},
     ),
     Case(
         "compressed valid call",
@@ -753,7 +753,7 @@ MSGPACK_CASES = [
         (("return", 1, b"\0" * 100_000),),
         calls=("echo",),
         compression=True,
-        options={"compression": True},
+        options={"compression": True, "transport": "websockets"},
     ),
 ]
 
@@ -977,7 +977,7 @@ HANDSHAKE_CASES = [
         (1009,),
         handshake=False,
         compression=True,
-        options={"compression": True},
+        options={"compression": True, "transport": "websockets"},
     ),
     Case(
         "header with RSV1 without compression",

@@ -42,6 +42,9 @@ __all__ = [
 
 TransportName = Literal["websockets", "picows"]
 
+MAX_FRAGMENTS = 4096
+"""Most fragments in one message (websockets' own cap); more close with 1009."""
+
 MessageCallback = Callable[[bytes | str], None]
 CloseFrameCallback = Callable[[int, str], None]
 LostCallback = Callable[[], None]

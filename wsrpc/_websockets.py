@@ -33,6 +33,7 @@ from websockets.protocol import Event, State
 from websockets.typing import BytesLike, Origin
 
 from ._transport import (
+    MAX_FRAGMENTS,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -49,8 +50,6 @@ __all__ = ["WebsocketsChannel", "connect", "listen"]
 _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
 _OPEN = State.OPEN
 _READ_SIZE = 64 * 1024
-MAX_FRAGMENTS = 4096
-"""Most fragments in one message; more close the connection with 1009."""
 
 
 def _shrink_reads(transport: asyncio.BaseTransport) -> None:

@@ -67,16 +67,19 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = AcceptorState.NONE
         self._header: Any = None
         self._communicator: Communicator | None = None
-        self._closed = asyncio.Event()
+        # A future, not an Event: one per connection, and an Event's deque is
+        # several times its size.
+        self._closed: asyncio.Future[None] = self._loop.create_future()
         self._close_info: CloseInfo | None = None
         self._close_request_hooks: list[CloseRequestHook] = []
         self._closed_hooks: list[ClosedHook[Self]] = []
         self._in_close_hooks = False
         self._connecting: asyncio.Future[None] | None = None
-        self._groups: set[str] = set()
+        self._groups: set[str] | None = None  # made when it joins a group
         # The first message (the header) and who waits for it.
         self._first: bytes | str | None = None
         self._first_waiter: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None  # lost while deciding
         self._violation: asyncio.Task[None] | None = None
         channel.start(self._on_handshake_message, self._on_handshake_lost, self._on_close_frame)
 
@@ -154,7 +157,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     @property
     def groups(self) -> frozenset[str]:
         """Names of the groups this connection belongs to (see :meth:`WebSocketServer.group`)."""
-        return frozenset(self._groups)
+        return frozenset(self._groups or ())
 
     @property
     def state(self) -> AcceptorState:
@@ -305,7 +308,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         Wait until the connection is closed, its calls have unwound and its
         close hooks have run; return how it ended.
         """
-        await self._closed.wait()
+        await asyncio.shield(self._closed)
         assert self._close_info is not None
         return self._close_info
 
@@ -350,8 +353,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             )
 
     def _on_handshake_lost(self) -> None:
-        if self._first_waiter is not None and not self._first_waiter.done():
-            self._first_waiter.set_result(None)
+        for waiter in (self._first_waiter, self._gone):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         for hook in self._close_request_hooks:
@@ -361,7 +365,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         await self._set_closed(info)
 
     async def _set_closed(self, info: CloseInfo) -> None:
-        if self._closed.is_set():
+        if self._closed.done():
             return
         self._close_info = info
         if self._connecting is not None:
@@ -376,7 +380,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             self._in_close_hooks = False
         self._server._release(self)
         self._state = AcceptorState.CLOSED
-        self._closed.set()
+        self._closed.set_result(None)
 
     def __repr__(self) -> str:
         return f"<WebSocketAcceptor id={self._id} {self._state.value} {self.ip} {self.path!r}>"
@@ -396,9 +400,15 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = AcceptorState.ACCEPTING
         loop = asyncio.get_running_loop()
         handler_task: asyncio.Future[None] = asyncio.ensure_future(handler(self))
-        gone = loop.create_task(self._channel.wait_closed())
+        # Resolved by the channel if the connection goes while the handler
+        # decides; once accepted, the communicator reports the close.
+        self._gone = gone = loop.create_future()
+        if self._channel.is_closing:
+            gone.set_result(None)
         try:
-            await asyncio.wait({handler_task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {handler_task, gone, self._closed}, return_when=asyncio.FIRST_COMPLETED
+            )
             if not handler_task.done() and self._communicator is None:
                 # The connection is gone before the handler accepted it (the
                 # client left, or the server is closing): stop deciding.
@@ -406,9 +416,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             if self._communicator is not None and not handler_task.done():
                 # Accepted, and the handler goes on (a loop, or join()):
                 # wait for it to end, or for the connection to end.
-                closed: asyncio.Future[Any] = loop.create_task(self._closed.wait())
-                await asyncio.wait({handler_task, closed}, return_when=asyncio.FIRST_COMPLETED)
-                closed.cancel()
+                await asyncio.wait(
+                    {handler_task, self._closed}, return_when=asyncio.FIRST_COMPLETED
+                )
             if not handler_task.done():
                 # The connection is closed; the handler gets close_timeout to
                 # finish its own cleanup, then it is cancelled so that it can
@@ -418,8 +428,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             await asyncio.wait({handler_task})
             await self._after_handler(handler_task)
         finally:
-            gone.cancel()
-        await self._closed.wait()
+            self._gone = None
+        await asyncio.shield(self._closed)
 
     async def _receive_header(self, timeout: float) -> bool:
         channel = self._channel

@@ -157,6 +157,8 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         if acceptor.is_closed:
             return False
         self._server._groups.setdefault(self._name, {})[acceptor.id] = acceptor
+        if acceptor._groups is None:
+            acceptor._groups = set()
         acceptor._groups.add(self._name)
         return True
 

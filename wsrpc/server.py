@@ -197,10 +197,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             del members[acceptor.id]
             if not members:
                 del self._groups[name]  # empty groups cost nothing
-        acceptor._groups.discard(name)
+        if acceptor._groups is not None:
+            acceptor._groups.discard(name)
 
     def _release(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
-        for name in list(acceptor._groups):
+        for name in list(acceptor._groups or ()):
             self._leave(name, acceptor)
         if self._acceptors.get(acceptor.id) is acceptor:
             del self._acceptors[acceptor.id]
@@ -361,4 +362,3 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-

@@ -34,6 +34,7 @@ __all__ = [
     "callback_loop",
     "emit_result",
     "latency_stats",
+    "sample_indices",
     "loop_name",
     "main",
     "parse_args",
@@ -48,8 +49,11 @@ T = TypeVar("T")
 MAX_MESSAGE_SIZE = 4 * 2**20
 """Frame size limit set on every system that has one (the 1 MiB echo needs more than 1 MiB)."""
 
-SCENARIOS = ("sequential", "pinned", "pipelined", "many_clients", "payload", "callbacks")
+SCENARIOS = ("sequential", "pinned", "pipelined", "many_clients", "idle", "payload", "callbacks")
 """Every scenario; ``pinned`` is ``sequential`` with both processes on one CPU."""
+
+SAMPLE_TIMEOUT = 30.0
+"""idle: seconds the sample calls on idle connections may take, all together."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Params:
     batch: int
     inflight: int
     payload_size: int
+    sample: int
     uvloop: bool
 
 
@@ -77,8 +82,13 @@ def parse_args(argv: Sequence[str] | None = None, *, default_uvloop: bool = Fals
     parser.add_argument("--count", type=int, default=10_000, help="most calls to make")
     parser.add_argument("--duration", type=float, default=1.0, help="most seconds to measure")
     parser.add_argument("--warmup", type=float, default=0.1, help="seconds of warm-up calls")
-    parser.add_argument("--conns", type=int, default=1000, help="many_clients: connections")
-    parser.add_argument("--batch", type=int, default=100, help="many_clients: opened at once")
+    parser.add_argument("--conns", type=int, default=1000, help="many_clients, idle: connections")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="many_clients, idle: connections opened at once"
+    )
+    parser.add_argument(
+        "--sample", type=int, default=100, help="idle: connections that make one call at the end"
+    )
     parser.add_argument("--inflight", type=int, default=100, help="pipelined: calls in flight")
     parser.add_argument("--payload-size", type=int, default=2**20, help="payload: bytes")
     loop = parser.add_mutually_exclusive_group()
@@ -98,6 +108,7 @@ def parse_args(argv: Sequence[str] | None = None, *, default_uvloop: bool = Fals
         batch=ns.batch,
         inflight=ns.inflight,
         payload_size=ns.payload_size,
+        sample=ns.sample,
         uvloop=ns.uvloop,
     )
 
@@ -106,7 +117,7 @@ def parse_args(argv: Sequence[str] | None = None, *, default_uvloop: bool = Fals
 
 
 def raise_nofile_limit() -> int:
-    """Raise the soft open-files limit to the hard one (many_clients needs >1000)."""
+    """Raise the soft open-files limit to the hard one (many_clients, idle: a descriptor each)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 65536
     if soft == resource.RLIM_INFINITY or soft >= target:
@@ -187,6 +198,36 @@ async def callback_loop(
             raise AssertionError("wrong sum")
         latencies.append(clock() - t0)
     return latency_stats(latencies, (clock() - start) / 1e9)
+
+
+def sample_indices(total: int, size: int) -> list[int]:
+    """``size`` indices spread evenly over ``range(total)``, first and last included."""
+    size = min(size, total)
+    if size <= 1:
+        return list(range(size))
+    return [round(i * (total - 1) / (size - 1)) for i in range(size)]
+
+
+def idle_result(
+    *,
+    requested: int,
+    opened: int,
+    errors: list[str],
+    connect_s: float,
+    sample: int,
+    sample_errors: list[str],
+) -> dict[str, Any]:
+    """What the idle scenario reports, on every system."""
+    return {
+        "connections": opened,
+        "connections_requested": requested,
+        "connect_errors": len(errors),
+        "first_connect_error": errors[0] if errors else None,
+        "connect_s": connect_s,
+        "sample": sample,
+        "sample_ok": sample - len(sample_errors),
+        "first_sample_error": sample_errors[0] if sample_errors else None,
+    }
 
 
 # -- the async client scenarios -------------------------------------------------
@@ -314,6 +355,60 @@ async def many_clients(p: Params, connect: Connect) -> dict[str, Any]:
     }
 
 
+async def idle(p: Params, connect: Connect) -> dict[str, Any]:
+    """
+    Open ``p.conns`` connections in batches of ``p.batch`` and leave them idle
+    while run.py reads the server's RSS; then one call on ``p.sample`` of them,
+    spread over the range, proves they are still alive.
+
+    A connection that fails to open is counted, not fatal; opening stops at
+    the first batch in which none opened (the server or this process is out
+    of something, and more attempts would only fail the same way).
+    """
+    warm = await connect(p)  # the first connection pays for lazy imports and caches
+    await _warm_up(warm, p.warmup)
+    sync("before")
+    start = time.perf_counter()
+    clients: list[AsyncClient] = []
+    errors: list[str] = []
+    attempted = 0
+    while attempted < p.conns:
+        batch = min(p.batch, p.conns - attempted)
+        attempted += batch
+        outcomes = await asyncio.gather(*(connect(p) for _ in range(batch)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, AsyncClient):
+                clients.append(outcome)
+            else:
+                errors.append(repr(outcome))
+        if not any(isinstance(outcome, AsyncClient) for outcome in outcomes):
+            break
+    connect_s = time.perf_counter() - start
+    sync("opened")
+
+    async def one_call(i: int) -> None:
+        if await clients[i].add(i, 1) != i + 1:
+            raise AssertionError("wrong sum")
+
+    sample = sample_indices(len(clients), p.sample)
+    calls = [asyncio.ensure_future(one_call(i)) for i in sample]
+    sample_errors: list[str] = []
+    if calls:
+        done, pending = await asyncio.wait(calls, timeout=SAMPLE_TIMEOUT)
+        for call in pending:
+            call.cancel()
+        sample_errors += ["no reply in time"] * len(pending)
+        sample_errors += [repr(c.exception()) for c in done if c.exception() is not None]
+    return idle_result(
+        requested=p.conns,
+        opened=len(clients),
+        errors=errors,
+        connect_s=connect_s,
+        sample=len(sample),
+        sample_errors=sample_errors,
+    )
+
+
 async def payload(p: Params, connect: Connect) -> dict[str, Any]:
     client = await connect(p)
     data = os.urandom(p.payload_size)  # incompressible: deflate cannot cheat
@@ -342,6 +437,7 @@ ASYNC_SCENARIOS: dict[str, Callable[[Params, Connect], Awaitable[dict[str, Any]]
     "sequential": sequential,
     "pipelined": pipelined,
     "many_clients": many_clients,
+    "idle": idle,
     "payload": payload,
     "callbacks": callbacks,
 }
@@ -377,7 +473,7 @@ def main(
         result = await scenario(p, connect)
         result["loop"] = loop_name()
         # Exit from inside the loop: leaving asyncio.run() would cancel every
-        # connection's tasks and wait for them, for up to 1,000 connections
+        # connection's tasks and wait for them, for up to 10,000 connections
         # (and a wsrpc connector left open makes asyncio.run() wait for ever).
         emit_result(result)
 

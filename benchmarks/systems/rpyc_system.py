@@ -6,9 +6,11 @@ which costs ~40 ms per round trip on Linux). Calls go through a cached
 ``conn.root.add`` (``conn.root.add`` itself would be a remote ``getattr``
 each time). Pipelining uses ``rpyc.async_`` with a window of 100 pending
 results; many clients are 1,000 connections driven by 1,000 threads, as
-rpyc programs do. For callbacks the server calls the client's own service,
-which rpyc serves while the client waits for its reply. rpyc's defaults are
-kept otherwise, including its zlib compression of large messages.
+rpyc programs do; in the idle scenario the server holds one thread per idle
+connection (10,000 by default), the client none. For callbacks the server
+calls the client's own service, which rpyc serves while the client waits for
+its reply. rpyc's defaults are kept otherwise, including its zlib
+compression of large messages.
 """
 
 from __future__ import annotations
@@ -213,6 +215,62 @@ def many_clients(p: Params) -> dict[str, Any]:
     }
 
 
+def idle(p: Params) -> dict[str, Any]:
+    """
+    The idle scenario with blocking connections: ``p.batch`` threads open them,
+    a batch at a time, and the client keeps no thread per connection (nothing
+    reads an idle rpyc connection). Each connection fetches ``conn.root`` once
+    while it opens: rpyc has no handshake, and this round trip is what makes
+    sure the server's thread for it runs before its memory is read.
+    """
+    warm = connect(p)
+    warm_up(warm.root.add, p.warmup)
+    common.sync("before")
+
+    def open_one(_: int) -> Any:
+        conn = connect(p)
+        conn.root  # noqa: B018 - a round trip: the server's thread is serving it
+        return conn
+
+    conns: list[Any] = []
+    errors: list[str] = []
+    attempted = 0
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=p.batch) as pool:
+        while attempted < p.conns:
+            batch = min(p.batch, p.conns - attempted)
+            attempted += batch
+            futures = [pool.submit(open_one, i) for i in range(batch)]
+            opened = 0
+            for future in futures:
+                try:
+                    conns.append(future.result())
+                    opened += 1
+                except Exception as exc:
+                    errors.append(repr(exc))
+            if not opened:
+                break
+    connect_s = time.perf_counter() - start
+    common.sync("opened")
+
+    sample = common.sample_indices(len(conns), p.sample)
+    sample_errors: list[str] = []
+    for i in sample:  # sequentially: 100 blocking round trips take milliseconds
+        try:
+            if conns[i].root.add(i, 1) != i + 1:
+                raise AssertionError("wrong sum")
+        except Exception as exc:
+            sample_errors.append(repr(exc))
+    return common.idle_result(
+        requested=p.conns,
+        opened=len(conns),
+        errors=errors,
+        connect_s=connect_s,
+        sample=len(sample),
+        sample_errors=sample_errors,
+    )
+
+
 def payload(p: Params) -> dict[str, Any]:
     echo = connect(p).root.echo
     data = os.urandom(p.payload_size)
@@ -240,6 +298,7 @@ SCENARIOS: dict[str, Callable[[Params], dict[str, Any]]] = {
     "sequential": sequential,
     "pipelined": pipelined,
     "many_clients": many_clients,
+    "idle": idle,
     "payload": payload,
     "callbacks": callbacks,
 }

@@ -52,6 +52,9 @@ class Provider:
 
 Acceptor = wsrpc.WebSocketAcceptor[None, Provider, ClientRemote]
 
+TRANSPORT: wsrpc.TransportName = "websockets"
+"""Set to "picows" by systems/wsrpc_fast_system.py."""
+
 
 class ClientProvider:
     """What each client serves to the server (for the callbacks scenario)."""
@@ -62,7 +65,7 @@ class ClientProvider:
 
 async def serve(p: Params) -> int:
     server = wsrpc.WebSocketServer[None, Provider, ClientRemote](
-        max_message_size=common.MAX_MESSAGE_SIZE
+        max_message_size=common.MAX_MESSAGE_SIZE, transport=TRANSPORT
     )
 
     async def handler(acceptor: Acceptor) -> None:
@@ -74,7 +77,7 @@ async def serve(p: Params) -> int:
 
 async def connect(p: Params) -> AsyncClient:
     connector = wsrpc.WebSocketConnector[None, ClientProvider, ServerRemote](
-        None, ClientProvider(), max_message_size=common.MAX_MESSAGE_SIZE
+        None, ClientProvider(), max_message_size=common.MAX_MESSAGE_SIZE, transport=TRANSPORT
     )
     await connector.connect(f"ws://127.0.0.1:{p.port}/", timeout=30)
     driver = connector.get_driver()

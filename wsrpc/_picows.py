@@ -1,0 +1,617 @@
+"""
+The fast transport: :class:`~wsrpc._transport.Channel` on `picows`.
+
+picows parses frames in C and calls a :class:`picows.WSListener` once per
+frame, with the payload still in its read buffer. :class:`PicowsChannel` is
+that listener: it joins fragments, decodes text and calls wsrpc back right
+there. picows works at the frame level only, so the message-level rules
+websockets would enforce are enforced here:
+
+* fragments: a continuation frame needs a message under way, and a new
+  message cannot start inside one (else close 1002); no extension is ever
+  negotiated, so a reserved bit set is a protocol error too;
+* ``max_message_size``: picows' ``max_frame_size`` stops a single frame
+  over it before its payload is read; fragments are summed here (1009);
+* text must be valid UTF-8 (1007);
+* the closing handshake: picows records close frames but answers none.
+  A close the peer starts is answered at once (echoing its code and
+  reason) and the socket is dropped; a close we start waits for the answer
+  up to ``close_timeout``. Either way the socket is aborted if it is not
+  gone ``close_timeout`` after our close frame, so a peer that stopped
+  reading cannot stall the close. Data frames that arrive once closing has
+  begun are dropped: nobody could answer them. For the same reason closing
+  resumes reading, which wsrpc may have paused: the answer must get in.
+
+picows answers pings itself (``enable_auto_pong``); its own keepalive is off,
+wsrpc runs one through :meth:`PicowsChannel.ping`. It implements no
+extension, hence no compression. It detects wire-level errors (bad opcode,
+unmasked client frame, frame over ``max_frame_size``...) itself: it sends a
+close frame, logs at ERROR on its ``picows.*`` loggers, and disconnects.
+
+The opening handshake is picows' own, bounded by :data:`HANDSHAKE_TIMEOUT`
+on both sides (on the client, this is what reclaims the socket of a
+:func:`connect` cancelled half-way; see there).
+
+picows runs its sockets on aiofastnet's transports (a dependency of picows),
+on uvloop as on asyncio's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSHandshakeError,
+    WSListener,
+    WSMsgType,
+    WSParsedURL,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_connect,
+    ws_create_server,
+)
+
+from ._transport import (
+    MAX_FRAGMENTS,
+    Channel,
+    ChannelClosed,
+    CloseFrameCallback,
+    CloseFrames,
+    Listener,
+    LostCallback,
+    MessageCallback,
+)
+from .messages import CloseCode
+
+__all__ = ["HANDSHAKE_TIMEOUT", "PicowsChannel", "connect", "listen"]
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds for the HTTP upgrade, either side (websockets' default ``open_timeout``)."""
+
+_TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+_CLOSE, _PING, _PONG = WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG
+_NO_STATUS = 1005  # a close frame without a code: received only, never on the wire
+
+_logger = logging.getLogger("wsrpc")
+
+
+class PicowsChannel(Channel, WSListener):
+    """
+    A :class:`Channel` over one picows connection; also its picows listener.
+
+    One object per connection keeps the data path to a single Python call per
+    frame. The ``on_ws_*``, ``pause_writing`` and ``resume_writing`` methods
+    are picows' callbacks, not for wsrpc to call.
+    """
+
+    _transport: WSTransport  # set by on_ws_connected, before anyone sees the channel
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int,
+        close_timeout: float,
+        on_connected: Callable[[PicowsChannel], None] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._max_size = max_message_size
+        self._close_timeout = close_timeout
+        self._on_connected = on_connected
+        self._remote_ip = ""
+        # receiving
+        self._on_message: MessageCallback | None = None
+        self._on_lost: LostCallback | None = None
+        self._on_close_frame: CloseFrameCallback | None = None
+        self._held: list[bytes | str] | None = []
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_text = False
+        self._reading_paused = False
+        # sending
+        self._writing_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._pings: deque[asyncio.Future[None]] = deque()
+        # closing
+        self._closing = False  # a close frame went either way, or abort()
+        self._sent: tuple[int, str] | None = None
+        self._received: tuple[int, str] | None = None
+        self._peer_first = False
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._gone = asyncio.Event()
+        self._lost_reported = False
+        self._reaper: asyncio.Future[None] | None = None  # client side: see connect()
+
+    # -- picows' callbacks ------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        if peer:
+            self._remote_ip = str(peer[0])
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is _CLOSE:
+            self._close_frame(frame)
+        elif msg_type is _PONG:
+            pings = self._pings
+            while pings:
+                waiter = pings.popleft()
+                if not waiter.done():  # a caller may have cancelled it
+                    waiter.set_result(None)
+                    break
+        elif msg_type is _PING:
+            pass  # never comes: picows answers pings itself (enable_auto_pong)
+        elif not (self._closing or transport.is_close_frame_sent):
+            self._data_frame(frame, msg_type)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._closing = True
+        self._fragments = None
+        self._writing_paused = False
+        self._writable.set()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        if self._pings:
+            error = self._closed_error()
+            for waiter in self._pings:
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    # Mark it retrieved: a ping whose caller moved on must not
+                    # make asyncio log "exception never retrieved". Awaiting
+                    # it still raises.
+                    waiter.exception()
+            self._pings.clear()
+        self._gone.set()
+        if self._on_lost is not None and not self._lost_reported:
+            self._lost_reported = True
+            self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._writable.set()
+
+    # -- receiving --------------------------------------------------------------
+
+    def _data_frame(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._fail(CloseCode.PROTOCOL_ERROR, "reserved bit set, no extension negotiated")
+            return
+        message: bytes | str
+        if msg_type is _CONT:
+            fragments = self._fragments
+            if fragments is None:
+                self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message")
+                return
+            self._fragments_size += frame.payload_size
+            if self._fragments_size > self._max_size:
+                self._fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self._max_size} bytes")
+                return
+            fragments.append(frame.get_payload_as_bytes())
+            if not frame.fin:
+                if len(fragments) > MAX_FRAGMENTS:
+                    self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                return
+            self._fragments = None
+            data = b"".join(fragments)
+            if self._fragments_text:
+                try:
+                    message = data.decode()
+                except UnicodeDecodeError:
+                    self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+                    return
+            else:
+                message = data
+        elif self._fragments is not None:
+            self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+            return
+        elif not frame.fin:
+            # picows' max_frame_size already bounds this first fragment.
+            self._fragments = [frame.get_payload_as_bytes()]
+            self._fragments_size = frame.payload_size
+            self._fragments_text = msg_type is _TEXT
+            return
+        elif msg_type is _TEXT:
+            try:
+                message = frame.get_payload_as_utf8_text()
+            except UnicodeDecodeError:
+                self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+                return
+        else:
+            message = frame.get_payload_as_bytes()
+        on_message = self._on_message
+        if on_message is not None:
+            on_message(message)
+        else:
+            assert self._held is not None
+            self._held.append(message)
+
+    def _close_frame(self, frame: WSFrame) -> None:
+        code = frame.get_close_code().value or _NO_STATUS
+        reason = frame.get_close_reason() or ""
+        self._received = (code, reason)
+        transport = self._transport
+        if transport.is_close_frame_sent or self._sent is not None:
+            transport.disconnect()  # the answer to our close: the handshake is done
+            return
+        self._peer_first = True
+        self._send_close(code, reason)
+        transport.disconnect()
+        # After the answer, as websockets does: close_frames already shows both.
+        if self._on_close_frame is not None:
+            self._on_close_frame(code, reason)
+
+    def start(
+        self,
+        on_message: MessageCallback,
+        on_lost: LostCallback,
+        on_close_frame: CloseFrameCallback | None = None,
+    ) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_close_frame = on_close_frame
+        held, self._held = self._held, None
+        for message in held or ():
+            on_message(message)
+        if self._gone.is_set() and not self._lost_reported:
+            self._lost_reported = True
+            on_lost()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self._gone.is_set():
+            self._reading_paused = True
+            self._transport.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self._gone.is_set():
+            self._reading_paused = False
+            self._transport.underlying_transport.resume_reading()
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, data: bytes | str) -> None:
+        transport = self._transport
+        if self._closing or transport.is_close_frame_sent:
+            raise self._closed_error()
+        # picows encodes a str to UTF-8 itself.
+        transport.send(_TEXT if type(data) is str else _BINARY, data)
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    async def drain(self) -> None:
+        if self._writing_paused:
+            await self._writable.wait()
+
+    def ping(self) -> asyncio.Future[None]:
+        if self.is_closing:
+            raise self._closed_error()
+        waiter = self._loop.create_future()
+        self._pings.append(waiter)
+        self._transport.send_ping()
+        return waiter
+
+    # -- closing ----------------------------------------------------------------
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._gone.is_set():
+            if not (self._closing or self._transport.is_close_frame_sent):
+                self._send_close(code, reason)
+            self._arm_abort_timer()  # also bounds a close picows started
+        await self._gone.wait()
+
+    def abort(self) -> None:
+        self._closing = True
+        if not self._gone.is_set():
+            self._transport.disconnect(graceful=False)
+
+    async def wait_closed(self) -> None:
+        await self._gone.wait()
+
+    @property
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_close_frame_sent
+
+    @property
+    def close_frames(self) -> CloseFrames:
+        sent = self._sent
+        if sent is None and self._transport.is_close_frame_sent:
+            # picows failed the connection itself (a protocol error it caught).
+            info = self._transport.close_handshake.sent
+            if info is not None:
+                sent = (info.code.value, info.reason or "")
+        return CloseFrames(self._received, sent, self._peer_first)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Start the closing handshake because of what the peer sent."""
+        self._fragments = None
+        self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._closing = True
+        self._sent = (code, reason)
+        self.resume_reading()  # only the close frame is left to read
+        transport = self._transport
+        if code == _NO_STATUS:
+            # Echo a close frame that had no code as one without: send_close()
+            # always writes a code, and 1005 must not go on the wire.
+            transport.send(_CLOSE, b"")
+        else:
+            transport.send_close(WSCloseCode(code), reason.encode())
+        self._arm_abort_timer()
+
+    def _arm_abort_timer(self) -> None:
+        if self._abort_timer is None and not self._gone.is_set():
+            self._abort_timer = self._loop.call_later(self._close_timeout, self.abort)
+
+    def _closed_error(self) -> ChannelClosed:
+        frames = self.close_frames
+        frame = frames.received or frames.sent
+        if frame is None:
+            return ChannelClosed(CloseCode.ABNORMAL, "connection lost")
+        return ChannelClosed(*frame)
+
+    # -- the opening request ----------------------------------------------------
+
+    @property
+    def remote_ip(self) -> str:
+        return self._remote_ip
+
+    @property
+    def request_path(self) -> str:
+        return self._transport.request.path.decode("ascii", "surrogateescape")
+
+    @property
+    def request_headers(self) -> Sequence[tuple[str, str]]:
+        return list(self._transport.request.headers.items())
+
+
+# -- the server ---------------------------------------------------------------------
+
+
+class PicowsListener(Listener):
+    """A picows server; runs ``on_channel`` in a task of its own per connection."""
+
+    def __init__(self, on_channel: Callable[[Channel], Awaitable[None]]) -> None:
+        self._on_channel = on_channel
+        self._server: asyncio.AbstractServer | None = None
+        self._port = 0
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()  # closes the listening sockets at once
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`stop_accepting` ran and every connection and handler is done."""
+        await self._stopped.wait()
+        if self._server is not None:
+            # picows' server (aiofastnet's) also waits for every connection,
+            # those still in their opening handshake included: none can
+            # start a handler after this.
+            await self._server.wait_closed()
+        while self._tasks:
+            await asyncio.wait(self._tasks)
+
+    def _spawn(self, channel: PicowsChannel) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, channel: PicowsChannel) -> None:
+        code = CloseCode.NORMAL
+        try:
+            await self._on_channel(channel)
+        except asyncio.CancelledError:
+            channel.abort()
+            raise
+        except Exception:
+            _logger.exception("connection handler failed")
+            code = CloseCode.INTERNAL_ERROR
+        await channel.close(code, "")
+
+
+def _origin_allowed(request: WSUpgradeRequest, origins: Sequence[str | None]) -> bool:
+    values = request.headers.getall("Origin", [])
+    if len(values) > 1:
+        return False
+    return (values[0] if values else None) in origins
+
+
+async def listen(
+    host: str,
+    port: int,
+    on_channel: Callable[[Channel], Awaitable[None]],
+    *,
+    max_message_size: int,
+    close_timeout: float,
+    origins: Sequence[str | None] | None = None,
+) -> Listener:
+    """
+    Serve WebSocket on ``host``:``port`` (0: a free port, see ``Listener.port``).
+
+    Each upgraded connection runs ``on_channel(channel)`` in a task of its
+    own; when it returns the channel is closed with 1000, when it raises
+    (logged on the ``wsrpc`` logger) with 1011. With ``origins``, a request
+    whose Origin header is not listed (``None`` admits requests without one)
+    gets HTTP 403 and never becomes a channel.
+    """
+    listener = PicowsListener(on_channel)
+
+    def upgrade(request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
+        if origins is not None and not _origin_allowed(request, origins):
+            refusal = WSUpgradeResponse.create_error_response(
+                HTTPStatus.FORBIDDEN, b"Origin not allowed"
+            )
+            return WSUpgradeResponseWithListener(refusal, None)
+        return PicowsChannel(
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            on_connected=listener._spawn,
+        )
+
+    server = await ws_create_server(
+        upgrade,
+        host,
+        port,
+        websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+        enable_auto_ping=False,
+        enable_auto_pong=True,
+        max_frame_size=max_message_size,
+    )
+    listener._server = server
+    listener._port = int(server.sockets[0].getsockname()[1])
+    return listener
+
+
+# -- the client ---------------------------------------------------------------------
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket connected to ``host``:``port`` (each address in turn)."""
+    loop = asyncio.get_running_loop()
+    error: OSError | None = None
+    try:
+        # An address needs no resolver (whose thread pool would outlive us).
+        ip = ipaddress.ip_address(host.strip("[]"))
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        addresses: list[Any] = [(family, socket.SOCK_STREAM, 0, "", (str(ip), port))]
+    except ValueError:
+        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error or OSError(f"cannot resolve {host!r}")
+
+
+async def connect(
+    url: str,
+    *,
+    additional_headers: Sequence[tuple[str, str]] = (),
+    max_message_size: int,
+    close_timeout: float,
+) -> tuple[Channel, list[tuple[str, str]]]:
+    """
+    Open a WebSocket to ``url``; return its channel (not started) and the
+    upgrade response's headers.
+
+    If cancelled during the upgrade, the socket is dropped as soon as picows
+    lets go of it: when the upgrade completes, or at :data:`HANDSHAKE_TIMEOUT`.
+
+    Raises:
+        OSError: the TCP (or TLS) connection failed, or closed during the upgrade.
+        ValueError: a bad URL, or the server refused the upgrade.
+    """
+    made: list[PicowsChannel] = []
+    sockets: list[socket.socket] = []
+
+    def make_channel(request: WSUpgradeRequest, response: WSUpgradeResponse) -> PicowsChannel:
+        channel = PicowsChannel(max_message_size=max_message_size, close_timeout=close_timeout)
+        made.append(channel)
+        return channel
+
+    async def open_socket(parsed: WSParsedURL) -> socket.socket:
+        sock = await _open_socket(parsed.host, parsed.port)
+        sockets.append(sock)
+        return sock
+
+    upgrade = asyncio.ensure_future(
+        ws_connect(
+            make_channel,
+            url,
+            websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+            enable_auto_ping=False,
+            enable_auto_pong=True,
+            max_frame_size=max_message_size,
+            extra_headers=list(additional_headers),
+            socket_factory=open_socket,
+        )
+    )
+    try:
+        transport, _ = await asyncio.shield(upgrade)
+    except asyncio.CancelledError:
+        # picows neither closes the socket of a cancelled upgrade nor can be
+        # reached before the upgrade completes: shut the socket down under
+        # it, and let it see the end of the connection and close its
+        # transport before we give up.
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected yet, or gone already
+        await asyncio.wait({upgrade}, timeout=close_timeout)
+        if not upgrade.done():
+            upgrade.cancel()
+        elif not upgrade.cancelled() and upgrade.exception() is None:
+            for channel in made:
+                channel.abort()
+        raise
+    except WSHandshakeError as exc:
+        response = exc.response
+        if response is not None and response.status != HTTPStatus.SWITCHING_PROTOCOLS:
+            status = HTTPStatus(response.status)
+            raise ValueError(
+                f"{url}: the server refused the upgrade: HTTP {status.value} {status.phrase}"
+            ) from None
+        raise ValueError(f"{url}: invalid upgrade response: {exc}") from None
+    except WSError as exc:  # WSInvalidURL, mostly
+        raise ValueError(str(exc)) from None
+    except TimeoutError as exc:
+        if exc.errno is not None:
+            raise  # the system's: TCP connect timed out
+        # picows' handshake timeout. Not as a TimeoutError: a caller would
+        # take it for its own timeout expiring.
+        raise ConnectionError(f"{url}: no upgrade response within {HANDSHAKE_TIMEOUT} s") from None
+    if not made:  # picows returns no listener when the socket closed first
+        raise ConnectionError(f"{url}: the connection closed during the upgrade")
+    channel = made[0]
+    # picows keeps the cause of a disconnect it starts on the client side (a
+    # protocol error, a callback that raised) in a future only
+    # wait_disconnected() reads: read it, or asyncio logs it as never retrieved.
+    reaper = asyncio.ensure_future(transport.wait_disconnected())
+    reaper.add_done_callback(_consume_outcome)
+    channel._reaper = reaper
+    return channel, list(transport.response.headers.items())
+
+
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
