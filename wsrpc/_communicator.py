@@ -69,6 +69,10 @@ _serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.
 """The communicator and the incoming call id the current task is serving."""
 
 
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+"""Result types that are never awaitable (skips inspect.isawaitable's ABC check)."""
+
+
 def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
     """A function that ignores its arguments and returns ``awaitable``."""
     return lambda *args, **kwargs: awaitable
@@ -137,7 +141,10 @@ class Communicator:
         # none: TGrid) must not make us buffer without bound.
         peer_limit = protocol.peer_max_calls
         limit = protocol.max_calls if peer_limit is None else min(peer_limit, protocol.max_calls)
-        self._credit = asyncio.Semaphore(limit)
+        # Our calls in flight take slots; a plain counter rather than an
+        # asyncio.Semaphore, whose acquire() is a coroutine even when free.
+        self._slots = limit
+        self._slot_waiters: deque[asyncio.Future[None]] | None = None
         self._driver: Driver | None = None
         self.closed: ConnectionClosedError | None = None
         """Why the connection closed; None while it is open."""
@@ -190,9 +197,12 @@ class Communicator:
         if serving is not None and serving[0] is self and serving[1] in self._running:
             parent = serving[1]  # made while serving that call, which still runs
         # A nested call takes no slot: its ancestors hold them (see above).
-        credit = self._credit if parent is None else None
-        if credit is not None:
-            await credit.acquire()
+        slot = parent is None
+        if slot:
+            if self._slots > 0:
+                self._slots -= 1
+            else:
+                await self._wait_for_slot()
         try:
             if self.closed is not None:
                 raise self._closed_error()
@@ -223,8 +233,31 @@ class Communicator:
                     # mark the error as seen so asyncio does not log it.
                     future.exception()
         finally:
-            if credit is not None:
-                credit.release()
+            if slot:
+                self._release_slot()
+
+    async def _wait_for_slot(self) -> None:
+        if self._slot_waiters is None:
+            self._slot_waiters = deque()
+        waiter = self._loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot while being cancelled: pass it on
+            raise
+
+    def _release_slot(self) -> None:
+        # A freed slot goes straight to the first caller still waiting, so
+        # that a caller arriving now cannot overtake the queue.
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._slots += 1
 
     def _closed_error(self) -> ConnectionClosedError:
         closed = self.closed
@@ -359,7 +392,7 @@ class Communicator:
                 # A plain method raising CancelledError is an error like any other.
                 self._send_quietly(protocol.send_error(uid, exc))
                 return
-            if not inspect.isawaitable(result):
+            if type(result) in _PLAIN or not inspect.isawaitable(result):
                 self._send_quietly(protocol.send_return(uid, result))
                 return
             # A plain function that returned an awaitable (a decorator's

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from functools import lru_cache
 from types import FunctionType, GetSetDescriptorType, MethodType, ModuleType
 from typing import Any
 
@@ -60,17 +59,9 @@ def resolve(provider: object, path: str) -> tuple[Callable[..., Any], bool]:
     """
     if provider is None:
         raise AccessRefused("this side provides no methods")
-    if len(path) > MAX_PATH_LENGTH:
-        raise AccessRefused("path too long")
-    names = path.split(".")
-    if len(names) > MAX_PATH_SEGMENTS:
-        raise AccessRefused("path has too many segments")
-    for name in names:
-        if not _is_public_name(name):
-            raise AccessRefused(
-                f"{path!r} is not callable: every segment must be an identifier "
-                "that neither starts nor ends with '_'"
-            )
+    names = _paths.get(path)
+    if names is None:
+        names = _check_path(path)
     target = provider
     for index, name in enumerate(names[:-1]):
         target = _child(target, name, names[: index + 1])
@@ -85,14 +76,29 @@ def check_provider(provider: object) -> None:
         )
 
 
-@lru_cache(maxsize=1024)
-def _is_public_name(name: str) -> bool:
-    return name.isidentifier() and not name.startswith("_") and not name.endswith("_")
+def _check_path(path: str) -> list[str]:
+    """The segments of ``path``, once it passed the name rules (then cached)."""
+    if len(path) > MAX_PATH_LENGTH:
+        raise AccessRefused("path too long")
+    names = path.split(".")
+    if len(names) > MAX_PATH_SEGMENTS:
+        raise AccessRefused("path has too many segments")
+    for name in names:
+        if not (name.isidentifier() and not name.startswith("_") and not name.endswith("_")):
+            raise AccessRefused(
+                f"{path!r} is not callable: every segment must be an identifier "
+                "that neither starts nor ends with '_'"
+            )
+    if len(_paths) >= _CACHE_SIZE:
+        _paths.clear()
+    _paths[path] = names
+    return names
 
 
 # Caches keyed by (class, name). Names come from the network, so the caches
 # are bounded: when one is full it is simply emptied.
 _CACHE_SIZE = 4096
+_paths: dict[str, list[str]] = {}
 _class_attrs: dict[tuple[type, str], Any] = {}
 _methods: dict[tuple[type, str], tuple[FunctionType, str, bool] | None] = {}
 

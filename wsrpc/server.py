@@ -88,6 +88,9 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         codecs: The protocols clients may speak: ``"msgpack"`` (wsrpc
             clients) and ``"tgrid"`` (TGrid clients, JSON); the default
             serves both. A client opening with another is closed with 1003.
+        transport: The WebSocket library underneath: ``"websockets"`` (the
+            default) or ``"picows"`` (``pip install wsrpc[fast]``; no
+            compression, no ``http_handler``). Clients may use either.
     """
 
     def __init__(
@@ -270,6 +273,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Raises:
             StateError: the server is not in the ``NONE`` state.
             OSError: the address cannot be bound (the state returns to ``NONE``).
+            ValueError: an ``http_handler`` with ``transport="picows"``.
         """
         if self._state is not ServerState.NONE:
             raise StateError(f"cannot open: the server is {self._state.value}")

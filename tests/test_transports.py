@@ -1,0 +1,101 @@
+"""
+The transport setting: both transports speak the same wire, and what one of
+them cannot do is refused at once with a clear error.
+
+The behaviour of each transport is covered by the whole suite, which
+``make test`` runs on both (see ``WSRPC_TEST_TRANSPORT`` in conftest.py);
+tests/test_picows_transport.py covers the picows channel on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import pytest
+
+import wsrpc
+from wsrpc.http import HttpResponse
+
+from .conftest import UNIT, AnyAcceptor, url_of
+
+TRANSPORTS: list[wsrpc.TransportName] = ["websockets", "picows"]
+
+
+class Client:
+    def shout(self, text: str) -> str:
+        return text.upper()
+
+
+class ClientRemote(Protocol):
+    async def shout(self, text: str) -> str: ...
+
+
+class Service:
+    def __init__(self, acceptor: wsrpc.WebSocketAcceptor[Any, Any, ClientRemote]) -> None:
+        self._acceptor = acceptor
+
+    async def relay(self, text: str) -> str:
+        # A callback in the middle of a call, so that both directions cross.
+        return await self._acceptor.get_driver().shout(text)
+
+
+class ServiceRemote(Protocol):
+    async def relay(self, text: str) -> str: ...
+
+
+@pytest.mark.parametrize("client_transport", TRANSPORTS)
+@pytest.mark.parametrize("server_transport", TRANSPORTS)
+async def test_every_pair_of_transports_talks(
+    server_transport: wsrpc.TransportName, client_transport: wsrpc.TransportName
+) -> None:
+    seen: list[str] = []
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        seen.append(acceptor.header["name"])
+        await acceptor.accept(Service(acceptor))
+
+    server: wsrpc.WebSocketServer[Any, Service, ClientRemote] = wsrpc.WebSocketServer(
+        transport=server_transport
+    )
+    async with server:
+        await server.open(0, handler)
+        header = {"name": client_transport}
+        connector: wsrpc.WebSocketConnector[Any, Client, ServiceRemote] = wsrpc.WebSocketConnector(
+            header, Client(), transport=client_transport
+        )
+        async with connector:
+            await connector.connect(url_of(server), timeout=5 * UNIT)
+            async with asyncio.timeout(5 * UNIT):
+                assert await connector.get_driver().relay("hi") == "HI"
+                (acceptor,) = server.acceptors.values()
+                await acceptor.close(4000, "bye")
+                info = await connector.join()
+    assert seen == [client_transport]
+    assert (info.code, info.reason, info.clean, info.by_peer) == (4000, "bye", True, True)
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport must be one of 'websockets', 'picows'"):
+        wsrpc.WebSocketServer(transport="trio")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="transport must be one of"):
+        wsrpc.WebSocketConnector(None, transport="aiohttp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="transport must be one of"):
+        wsrpc.sync.WebSocketConnector(None, transport="")  # type: ignore[arg-type]
+
+
+def test_compression_needs_websockets() -> None:
+    with pytest.raises(ValueError, match="compression is not available with transport='picows'"):
+        wsrpc.WebSocketServer(compression=True, transport="picows")
+    with pytest.raises(ValueError, match="compression is not available"):
+        wsrpc.WebSocketConnector(None, compression=True, transport="picows")
+
+
+async def test_http_handler_needs_websockets() -> None:
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.reject()
+
+    server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(transport="picows")
+    with pytest.raises(ValueError, match="http_handler needs transport='websockets'"):
+        await server.open(0, handler, http_handler=lambda request: HttpResponse(200, "ok"))
+    assert server.state is wsrpc.ServerState.NONE
