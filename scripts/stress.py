@@ -64,6 +64,7 @@ import msgpack
 from websockets.asyncio.client import connect as ws_connect
 
 import wsrpc
+from wsrpc._transport import Channel
 
 MiB = 2**20
 HOST = "127.0.0.1"
@@ -567,12 +568,11 @@ class Callee:
         return i
 
 
-def transport_of(connector: wsrpc.WebSocketConnector[Any, Any, Any]) -> asyncio.Transport:
+def channel_of(connector: wsrpc.WebSocketConnector[Any, Any, Any]) -> Channel:
+    """The connector's channel (pausing reads has no public API)."""
     communicator = connector._communicator
     assert communicator is not None
-    transport = communicator._ws.transport
-    assert isinstance(transport, asyncio.Transport)
-    return transport
+    return communicator._channel
 
 
 async def slow_reader(count: int, client_limit: int, hold_seconds: float) -> None:
@@ -592,7 +592,7 @@ async def slow_reader(count: int, client_limit: int, hold_seconds: float) -> Non
     )
     await slow.connect(server.url)
     await other.connect(server.url)
-    transport_of(slow).pause_reading()
+    channel_of(slow).pause_reading()
     control = server.control.get_driver()
     await control.fire_at("slow", count, size)
     began = time.perf_counter()
@@ -611,7 +611,7 @@ async def slow_reader(count: int, client_limit: int, hold_seconds: float) -> Non
         f"{row.scenario}: server RSS {held['VmRSS']:.0f} MiB while held, "
         f"fired {held['fired'].get('slow')}"
     )
-    transport_of(slow).resume_reading()
+    channel_of(slow).resume_reading()
     resumed = time.perf_counter()
     while time.perf_counter() - resumed < 120:
         stats = await server.stats()
@@ -669,7 +669,7 @@ async def shutdown(clients: int, mute: bool) -> None:
         await asyncio.sleep(0.1)  # polling another process
     peak_stats = await server.stats()
     if mute:
-        transport_of(connectors[-1]).pause_reading()
+        channel_of(connectors[-1]).pause_reading()
     began = time.perf_counter()
     stopping = asyncio.ensure_future(server.stop())
     await asyncio.wait_for(asyncio.gather(*(c.join() for c in responsive)), close_timeout + 5)
@@ -685,7 +685,7 @@ async def shutdown(clients: int, mute: bool) -> None:
     still_closing = not stopping.done()
     report = await stopping
     if mute:
-        transport_of(connectors[-1]).resume_reading()
+        channel_of(connectors[-1]).resume_reading()
     codes: collections.Counter[str] = collections.Counter()
     for connector, pending in calls.items():
         for outcome in await asyncio.gather(*pending, return_exceptions=True):

@@ -683,6 +683,14 @@ MSGPACK_CASES = [
         "msgpack",
         (padded(ECHO + nested_arrays(1, 250_000), 250_020, b"\x90") + b"\xc1",),
         (1007,),
+    ),
+    Case(
+        # Well-formed, so the structure check passes; the map's int key is
+        # only refused while decoding, after the 249,999 lists were built.
+        "249,999 empty arrays, then a map with an int key",
+        "msgpack",
+        (ECHO + nested_arrays(1, 250_000) + b"\x90" * 249_999 + b"\x81\x01\x02",),
+        (1007,),
         decoded_objects=True,
     ),
     # Size.
