@@ -150,9 +150,11 @@ class Communicator:
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._wind_down_task: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._ping_timer: asyncio.TimerHandle | None = None
         if ping_interval is not None:
-            self._keepalive = self._loop.create_task(self._keep_alive(ping_interval, ping_timeout))
+            self._schedule_ping()
         for message in early:
             self._on_message(message)
         channel.start(self._on_message, self._on_lost, on_close_frame)
@@ -300,26 +302,39 @@ class Communicator:
 
     # -- keepalive -----------------------------------------------------------
 
-    async def _keep_alive(self, interval: float, timeout: float | None) -> None:
-        # wsrpc pings rather than the transport so that a silent peer fails
-        # the pending calls as soon as the pong is late, not after the
-        # closing handshake with that silent peer has timed out as well.
-        channel = self._channel
+    # wsrpc pings rather than the transport so that a silent peer fails the
+    # pending calls as soon as the pong is late, not after the closing
+    # handshake with that silent peer has timed out as well. Timers, not a
+    # task: a sleeping task per connection costs several times their memory.
+    # One ping in flight at a time, even with no timeout.
+
+    def _schedule_ping(self) -> None:
+        assert self._ping_interval is not None
+        self._ping_timer = self._loop.call_later(self._ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping_timer = None
+        if self.closed is not None:
+            return
         try:
-            while self.closed is None:
-                await asyncio.sleep(interval)
-                pong = channel.ping()
-                try:
-                    # One ping in flight at a time, even with no timeout.
-                    async with asyncio.timeout(timeout):
-                        await pong
-                except TimeoutError:
-                    reason = "keepalive ping timeout"
-                    self._finish(ConnectionClosedError(CloseCode.INTERNAL_ERROR, reason))
-                    await channel.close(CloseCode.INTERNAL_ERROR, reason)
-                    return
+            pong = self._channel.ping()
         except ChannelClosed:
-            pass  # the channel reports the close
+            return  # the channel reports the close
+        if self._ping_timeout is not None:
+            self._ping_timer = self._loop.call_later(self._ping_timeout, self._pong_late)
+        pong.add_done_callback(self._on_pong)
+
+    def _on_pong(self, pong: asyncio.Future[None]) -> None:
+        if pong.cancelled() or pong.exception() is not None or self.closed is not None:
+            return  # the connection is going: the channel reports it
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self._schedule_ping()
+
+    def _pong_late(self) -> None:
+        self._ping_timer = None
+        reason = "keepalive ping timeout"
+        self._abort(CloseCode.INTERNAL_ERROR, reason)
 
     # -- incoming messages ---------------------------------------------------
 
@@ -362,9 +377,6 @@ class Communicator:
     async def _wind_down(self) -> None:
         # Let the cancelled calls unwind, then tell join() and the owner.
         tasks = list(self._running.values()) + list(self._background or ())
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            tasks.append(self._keepalive)
         if tasks:
             await asyncio.wait(tasks)
         closed = self.closed
@@ -486,6 +498,9 @@ class Communicator:
         if self.closed is not None:
             return
         self.closed = exc
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionClosedError(exc.code, exc.reason))
