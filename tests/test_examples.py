@@ -66,6 +66,20 @@ def assert_in_order(lines: list[str], expected: list[str]) -> None:
         position = lines.index(line, position) + 1
 
 
+def test_fast() -> None:
+    # The same calls over both transports, to a picows server on uvloop.
+    lines = run_example("fast")
+    assert_in_order(
+        lines,
+        [
+            "client on picows: 2000 calls answered",
+            "client on websockets: 2000 calls answered",
+            "total on the server: 4000",
+        ],
+    )
+    assert len(lines) == 5
+
+
 def test_calculator() -> None:
     assert run_example("calculator") == [
         "1 + 2 = 3",

@@ -52,10 +52,13 @@ class Refused(ValueError):
 def check_declared(frame: bytes) -> None:
     """
     Raise :exc:`Refused` when ``frame``'s containers declare more elements in
-    total than it has bytes, or nest deeper than :data:`MAX_DEPTH`.
+    total than it has bytes, or nest deeper than :data:`MAX_DEPTH`, or when
+    it is not exactly one well-formed msgpack object: truncated, holding the
+    byte msgpack never uses (0xc1), or followed by more bytes.
 
-    Frames that are merely truncated or malformed pass: the decoder reports
-    those itself.
+    The walk visits every header, so a frame that passes decodes without
+    structural surprises; what only decoding checks (UTF-8, map key types,
+    ext types) is left to the decoder.
     """
     size = len(frame)
     budget = size
@@ -63,7 +66,7 @@ def check_declared(frame: bytes) -> None:
     open_counts = [1]  # objects still to read in each open container
     while open_counts:
         if position >= size:
-            return  # truncated: the decoder says so
+            raise Refused("truncated msgpack")
         byte = frame[position]
         if byte in _ONE_BYTE:
             # A run of one-byte values (nil, booleans, small ints) is skipped
@@ -97,7 +100,7 @@ def check_declared(frame: bytes) -> None:
             count = int.from_bytes(frame[position + 1 : position + 1 + width], "big") * per_entry
             position += 1 + width
         else:
-            return  # 0xc1, never used: the decoder refuses it
+            raise Refused("undecodable msgpack (byte 0xc1)")
         if count:
             budget -= count
             if budget < 0:
@@ -107,3 +110,6 @@ def check_declared(frame: bytes) -> None:
                 raise Refused(f"nested deeper than {MAX_DEPTH} levels")
         while open_counts and open_counts[-1] == 0:
             open_counts.pop()
+    if position != size:
+        # Past the end (a string or bin longer than the frame) or short of it.
+        raise Refused("truncated msgpack" if position > size else "extra data after the message")
