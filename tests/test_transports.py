@@ -99,3 +99,32 @@ async def test_http_handler_needs_websockets() -> None:
     with pytest.raises(ValueError, match="http_handler needs transport='websockets'"):
         await server.open(0, handler, http_handler=lambda request: HttpResponse(200, "ok"))
     assert server.state is wsrpc.ServerState.NONE
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_channel_tells_each_new_owner_it_is_gone(transport: wsrpc.TransportName) -> None:
+    # The connector hands its channel from its handshake callbacks to its
+    # communicator: a connection lost in between must reach the second too.
+    from wsrpc._options import Options
+    from wsrpc._transport import Channel, connect, listen
+
+    options = Options(transport=transport)
+
+    async def serve(channel: Channel) -> None:
+        channel.abort()  # gone at once
+
+    listener = await listen("127.0.0.1", 0, serve, options=options, origins=None, http_handler=None)
+    try:
+        channel, _ = await connect(
+            f"ws://127.0.0.1:{listener.port}/", additional_headers=(), options=options
+        )
+        first, second = asyncio.Event(), asyncio.Event()
+        channel.start(lambda data: None, first.set)
+        async with asyncio.timeout(5 * UNIT):
+            await first.wait()
+        channel.start(lambda data: None, second.set)
+        assert second.is_set()  # told before start() returned
+    finally:
+        listener.stop_accepting()
+        async with asyncio.timeout(5 * UNIT):
+            await listener.wait_closed()

@@ -324,7 +324,9 @@ class PicowsChannel(Channel, WSListener):
         held, self._held = self._held, None
         for message in held or ():
             on_message(message)
-        if self._gone and not self._lost_reported:
+        if self._gone:
+            # Gone already: the new callbacks' owner must hear of it too
+            # (the connector's handshake, then its communicator).
             self._lost_reported = True
             on_lost()
 

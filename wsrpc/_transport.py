@@ -9,7 +9,7 @@ wsrpc needs little from a WebSocket implementation, and all of it is here:
   separate :meth:`Channel.drain` for flow control.
 * :class:`Listener`: a listening server that hands each upgraded connection
   to wsrpc as a :class:`Channel`.
-* :class:`ChannelClosed`: the only exception a transport raises; the asyncio
+* :class:`ChannelClosed`: the only exception a channel raises; the asyncio
   layer turns it into :exc:`~wsrpc.ConnectionClosedError`.
 
 Two transports implement it: :mod:`wsrpc._websockets` (the default, on
@@ -102,7 +102,8 @@ class Channel(abc.ABC):
         starts the closing handshake (not when it answers ours).
         ``on_lost()`` runs once, after the last message, when the connection
         is gone (closed cleanly, dropped or aborted); if it is already gone,
-        ``start()`` calls it before returning.
+        ``start()`` calls the ``on_lost`` it was given before returning, so
+        that each owner of the callbacks hears of the loss.
         """
 
     @abc.abstractmethod
