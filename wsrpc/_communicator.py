@@ -1,5 +1,5 @@
 """
-The asyncio half of an open connection: futures, tasks and the receive loop.
+The asyncio half of an open connection: futures, tasks and the message callback.
 
 One :class:`Communicator` runs per open connection, on either side. It owns
 
@@ -14,19 +14,20 @@ without a task of its own or a task wake-up. Only ``async`` methods get a
 task.
 
 Flow control. Each side tells the other how many calls it runs at once
-(``max_concurrent_calls``) and the caller holds a semaphore of that size, so
+(``max_concurrent_calls``) and the caller holds as many slots, so
 an honest peer never sends more calls than we run. Calls over the limit
 (from a peer that ignores it, or transiently after a cancellation) wait in a
 backlog of the same size; only when that is full does the channel stop
-reading, pushing back on TCP. It also stops reading while our replies wait
-in a full write buffer, so that a peer that calls without reading the
-answers cannot make us buffer them without bound. Replies, cancellations and pings therefore keep
-flowing while this side is busy, so that calls waiting on calls to the other
-side cannot deadlock.
+reading, pushing back on TCP. Replies, cancellations and pings therefore
+keep flowing while this side is busy, so that calls waiting on calls to the
+other side cannot deadlock. Reading also stops while our answers wait in a
+full write buffer (as it did when the reader awaited each write), so that a
+peer that calls without reading the answers cannot make us buffer them
+without bound.
 
 Nested calls. A call a provider method makes back to the same peer while it
 serves one of the peer's calls (a callback, a callback of a callback...)
-carries that call's id as its ``parent``. It skips the caller's semaphore,
+carries that call's id as its ``parent``. It takes none of the caller's slots,
 and the callee runs it even when its slots are full, as long as it has
 fewer such nested calls running than it has calls of its own waiting on
 the peer (a parent must be one of those). Chains of callbacks of any depth

@@ -68,8 +68,8 @@ class WebsocketsChannel(Channel):
     """A :class:`Channel` over one websockets connection."""
 
     __slots__ = (
-        "_background",
-        "_background_close",
+        "_closing_soon",
+        "_closing_task",
         "_fragments",
         "_fragments_text",
         "_held",
@@ -77,6 +77,7 @@ class WebsocketsChannel(Channel):
         "_on_close_frame",
         "_on_lost",
         "_on_message",
+        "_ping_task",
         "_reading_paused",
         "ws",
     )
@@ -91,8 +92,9 @@ class WebsocketsChannel(Channel):
         self._fragments_text = False
         self._lost = False
         self._reading_paused = False
-        self._background: asyncio.Task[None] | None = None
-        self._background_close = False
+        self._ping_task: asyncio.Task[None] | None = None
+        self._closing_task: asyncio.Task[None] | None = None
+        self._closing_soon = False
 
     # -- receiving ------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class WebsocketsChannel(Channel):
 
     def _data_frame(self, frame: Frame) -> None:
         """A data frame arrived (from the connection's protocol callback)."""
-        if self.ws.protocol.state is not _OPEN or self._background_close:
+        if self.ws.protocol.state is not _OPEN or self._closing_soon:
             return  # closing: nobody can answer it any more
         opcode = frame.opcode
         data: BytesLike = frame.data
@@ -207,7 +209,7 @@ class WebsocketsChannel(Channel):
             raise ChannelClosed(*self._why_closed())
         pong = ws.loop.create_future()
         task = ws.loop.create_task(self._ping(pong))
-        self._background = task  # one ping at a time: keep it referenced
+        self._ping_task = task  # one ping at a time: keep it referenced
         return pong
 
     async def _ping(self, pong: asyncio.Future[None]) -> None:
@@ -223,8 +225,8 @@ class WebsocketsChannel(Channel):
 
     def _close_soon(self, code: int, reason: str) -> None:
         # Frames already read still arrive before the close goes out: drop them.
-        self._background_close = True
-        self._background = self.ws.loop.create_task(self.close(code, reason))
+        self._closing_soon = True
+        self._closing_task = self.ws.loop.create_task(self.close(code, reason))
 
     # -- closing ------------------------------------------------------------------
 
