@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from wsrpc import CloseCode, EncodeError, MsgpackCodec
+from wsrpc._msgpack_scan import Refused, check_declared
 from wsrpc.codecs import PROTOCOL_VERSION
 from wsrpc.exceptions import ProtocolError
 from wsrpc.messages import Accept, Call, Cancel, Error, Header, Message, Return
@@ -573,3 +574,60 @@ def test_encode_never_produces_a_frame_decode_refuses(value: object) -> None:
         return
     message = codec.decode(frame)  # must not raise ProtocolError
     assert isinstance(message, Return)
+
+
+# -- the structural walk (wsrpc/_msgpack_scan.py) ------------------------------------
+
+
+def wide(*items: bytes) -> bytes:
+    """A call whose args are an array16 of these raw msgpack items: the walk runs."""
+    return b"\x94\x02\x01\xa1f" + b"\xdc" + len(items).to_bytes(2, "big") + b"".join(items)
+
+
+WALK_REFUSES: list[tuple[str, bytes]] = [
+    ("truncated", wide(b"\xc0", b"\xc0")[:-1]),
+    ("never-used byte", wide(b"\xc1")),
+    ("trailing bytes", wide(b"\xc0") + b"\xc0"),
+    ("str past the end", wide(b"\xdb\x00\x00\xff\xff")),
+    ("int key", wide(b"\x81\x01\x02")),
+    ("nil key after a string key", wide(b"\x82\xa1k\x01\xc0\x02")),
+    ("two one-byte values where a value and a key go", wide(b"\x82\xa1k\x01\x02\x03")),
+    ("array key", wide(b"\x81\x90\x01")),
+    ("map16 with an int key", wide(b"\xde\x00\x01\x05\x06")),
+    ("ext type 5", wide(b"\xd4\x05\x00")),
+    ("timestamp of the wrong size", wide(b"\xd5\xff\x00\x00")),
+    ("ext8 that is no timestamp", wide(b"\xc7\x05\xff" + b"\x00" * 5)),
+    ("deep nesting", wide(b"\x91" * 2000 + b"\xc0")),
+    ("array declaring more than the frame", wide(b"\xdd\xff\xff\xff\xff")),
+]
+
+
+@pytest.mark.parametrize(("what", "frame"), WALK_REFUSES, ids=[w for w, _ in WALK_REFUSES])
+def test_the_walk_refuses_before_anything_is_built(what: str, frame: bytes) -> None:
+    with pytest.raises(Refused):
+        check_declared(frame)
+    assert refusal(frame).code == CloseCode.INVALID_PAYLOAD  # and so does the codec
+
+
+WALK_PASSES: list[tuple[str, object]] = [
+    ("scalars", [None, True, False, 0, -1, 127, -32, 255, 65536, -(2**40), 1.5, "", "s"]),
+    ("strings and bytes of every width", ["x" * 40, "y" * 300, b"b" * 10, b"c" * 70_000]),
+    ("str and bytes keys", {"k": 1, b"b": [1, 2], "nested": {"a": {b"x": None}}}),
+    ("maps of one-byte values", [{"a": 1, "b": None, "c": True}] * 20),
+    ("wide containers", [list(range(300)), {f"k{i}": i for i in range(40)}]),
+    ("timestamps", [datetime.datetime(2026, 11, 21, tzinfo=datetime.UTC)]),
+]
+
+
+@pytest.mark.parametrize(("what", "value"), WALK_PASSES, ids=[w for w, _ in WALK_PASSES])
+def test_the_walk_passes_what_the_codec_accepts(what: str, value: object) -> None:
+    frame = msgpack.packb([2, 1, "f", [value] * 20], use_bin_type=True, datetime=True)
+    assert b"\xdc" in frame or b"\xdd" in frame or b"\xde" in frame or b"\xdf" in frame
+    check_declared(frame)  # does not raise
+    MsgpackCodec().decode(frame)
+
+
+def test_invalid_utf8_is_left_to_the_decoder() -> None:
+    frame = wide(b"\xa2\xff\xfe")
+    check_declared(frame)  # well formed: the walk does not decode strings
+    assert refusal(frame).code == CloseCode.INVALID_PAYLOAD

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def python_env() -> dict[str, str]:
     return env
 
 
+SLOW_CALLBACK = re.compile(r"Executing <.*> took \d+\.\d+ seconds$")
+
+
 def run_python(*args: str) -> list[str]:
     """Run Python with ``args``; return its stdout lines once it exited cleanly."""
     completed = subprocess.run(
@@ -52,7 +56,11 @@ def run_python(*args: str) -> list[str]:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert completed.stderr == ""
+    # asyncio's debug mode (-X dev) reports callbacks slower than 100 ms: on
+    # a loaded machine that is the machine, not the example. Anything else
+    # on stderr (a warning, a traceback, a resource leak) fails the test.
+    stderr = [line for line in completed.stderr.splitlines() if not SLOW_CALLBACK.match(line)]
+    assert stderr == []
     return completed.stdout.splitlines()
 
 

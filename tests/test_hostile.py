@@ -685,11 +685,18 @@ MSGPACK_CASES = [
         (1007,),
     ),
     Case(
-        # Well-formed, so the structure check passes; the map's int key is
-        # only refused while decoding, after the 249,999 lists were built.
+        # The walk refuses this before decoding (a map key must be a string).
         "249,999 empty arrays, then a map with an int key",
         "msgpack",
         (ECHO + nested_arrays(1, 250_000) + b"\x90" * 249_999 + b"\x81\x01\x02",),
+        (1007,),
+    ),
+    Case(
+        # Well formed, so the walk passes it: the invalid UTF-8 of the last
+        # string is only found while decoding, after the lists were built.
+        "249,999 empty arrays, then invalid UTF-8",
+        "msgpack",
+        (ECHO + nested_arrays(1, 250_000) + b"\x90" * 249_999 + b"\xa2\xff\xfe",),
         (1007,),
         decoded_objects=True,
     ),

@@ -10,6 +10,12 @@ anything and refuses it when its containers declare more elements in total
 than the frame has bytes (every element takes at least one byte, so a valid
 frame never does) or nest deeper than the decoder allows.
 
+Since it visits every header anyway, the walk also refuses what the decoder
+would refuse only after building everything before it: a truncated frame,
+the byte 0xc1, bytes after the message, a map key that is neither a string
+nor bytes, an ext type other than msgpack's timestamp. What is left to the
+decoder is invalid UTF-8 in a string.
+
 Only frames holding a 16- or 32-bit array or map header can amplify much
 (the fixed-size headers declare at most 15 elements), so the codec runs the
 walk only on frames containing one of those header bytes.
@@ -24,8 +30,10 @@ __all__ = ["MAX_DEPTH", "check_declared"]
 MAX_DEPTH = 1000
 """Deepest nesting accepted; msgpack's decoder stack allows about 1024."""
 
-_ONE_BYTE = frozenset([*range(0x00, 0x80), 0xC0, 0xC2, 0xC3, *range(0xE0, 0x100)])
-_ONE_BYTE_RUN = re.compile(b"[\x00-\x7f\xc0\xc2\xc3\xe0-\xff]+")
+# One-byte values: fixints, nil, booleans, and the empty fixmap and fixarray
+# (the cheapest containers an attacker can send: they open nothing).
+_ONE_BYTE = frozenset([*range(0x00, 0x80), 0x80, 0x90, 0xC0, 0xC2, 0xC3, *range(0xE0, 0x100)])
+_ONE_BYTE_RUN = re.compile(b"[\x00-\x80\x90\xc0\xc2\xc3\xe0-\xff]+")
 # Size of the fixed part of each scalar type byte 0xc0-0xdf (None: a container
 # or a variable length, handled below; 0xc1 is never used).
 _FIXED = {
@@ -41,6 +49,12 @@ _VARIABLE = {
     0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),  # ext 8-32 (plus the type byte)
     0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),  # str 8-32
 }  # fmt: skip
+# Type bytes a map key may start with: str and bin (the decoder's strict_map_key).
+_KEY = frozenset([*range(0xA0, 0xC0), 0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB])
+# Exts the codec accepts: msgpack's timestamp (type -1) in its three sizes,
+# as (type byte, length-field width) -> payload length: fixext 4, fixext 8, ext8 of 12.
+_TIMESTAMP = {0xD6: 4, 0xD7: 8, 0xC7: 12}
+_EXT = frozenset([0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8])
 # Containers with a length field: (bytes of the length field, elements per entry).
 _CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
@@ -64,25 +78,46 @@ def check_declared(frame: bytes) -> None:
     budget = size
     position = 0
     open_counts = [1]  # objects still to read in each open container
+    in_map = [False]  # whether each open container is a map
     while open_counts:
         if position >= size:
             raise Refused("truncated msgpack")
         byte = frame[position]
+        # In a map, keys and values alternate, keys first: the element read
+        # next is a key when an even number is left.
+        at_key = in_map[-1] and open_counts[-1] % 2 == 0
         if byte in _ONE_BYTE:
-            # A run of one-byte values (nil, booleans, small ints) is skipped
-            # at C speed: the cheapest elements an attacker can send.
+            # A run of one-byte values (nil, booleans, small ints, empty
+            # containers) is skipped at C speed: the cheapest elements an
+            # attacker can send.
             run = _ONE_BYTE_RUN.match(frame, position)
             assert run is not None
             taken = min(run.end() - position, open_counts[-1])
+            if in_map[-1] and (at_key or taken > 1):
+                raise Refused("map keys must be strings or bytes")
             open_counts[-1] -= taken
             position += taken
             while open_counts and open_counts[-1] == 0:
                 open_counts.pop()
+                in_map.pop()
             continue
+        if at_key and byte not in _KEY:
+            raise Refused("map keys must be strings or bytes")
+        if byte in _EXT:
+            length = _TIMESTAMP.get(byte)
+            if byte == 0xC7 and position + 1 < size:
+                length = 12 if frame[position + 1] == 12 else None
+                type_at = position + 2
+            else:
+                type_at = position + 1
+            if length is None or type_at >= size or frame[type_at] != 0xFF:
+                raise Refused("ext types other than the timestamp are not accepted")
         open_counts[-1] -= 1
         count = 0
+        is_map = False
         if byte <= 0x8F:  # fixmap (fixints were taken as runs above)
             count = (byte & 0x0F) * 2
+            is_map = True
             position += 1
         elif byte <= 0x9F:  # fixarray
             count = byte & 0x0F
@@ -98,6 +133,7 @@ def check_declared(frame: bytes) -> None:
         elif byte in _CONTAINER:
             width, per_entry = _CONTAINER[byte]
             count = int.from_bytes(frame[position + 1 : position + 1 + width], "big") * per_entry
+            is_map = per_entry == 2
             position += 1 + width
         else:
             raise Refused("undecodable msgpack (byte 0xc1)")
@@ -106,10 +142,12 @@ def check_declared(frame: bytes) -> None:
             if budget < 0:
                 raise Refused("containers declare more elements than the frame holds")
             open_counts.append(count)
+            in_map.append(is_map)
             if len(open_counts) > MAX_DEPTH + 1:  # the root's entry is no container
                 raise Refused(f"nested deeper than {MAX_DEPTH} levels")
         while open_counts and open_counts[-1] == 0:
             open_counts.pop()
+            in_map.pop()
     if position != size:
         # Past the end (a string or bin longer than the frame) or short of it.
         raise Refused("truncated msgpack" if position > size else "extra data after the message")
