@@ -29,8 +29,8 @@ unmasked client frame, frame over ``max_frame_size``...) itself: it sends a
 close frame, logs at ERROR on its ``picows.*`` loggers, and disconnects.
 
 The opening handshake is picows' own, bounded by :data:`HANDSHAKE_TIMEOUT`
-on both sides (on the client, this is what reclaims the socket of a
-:func:`connect` cancelled half-way; see there).
+on both sides. The client opens its TCP socket itself (see :func:`connect`)
+so that a connect cancelled half-way can shut that socket down.
 
 picows runs its sockets on aiofastnet's transports (a dependency of picows),
 on uvloop as on asyncio's own loop.
@@ -618,8 +618,9 @@ async def connect(
     Open a WebSocket to ``url``; return its channel (not started) and the
     upgrade response's headers.
 
-    If cancelled during the upgrade, the socket is dropped as soon as picows
-    lets go of it: when the upgrade completes, or at :data:`HANDSHAKE_TIMEOUT`.
+    If cancelled during the upgrade, the socket is shut down under picows,
+    which then closes its transport; the cancellation waits for that, at most
+    ``close_timeout``.
 
     Raises:
         OSError: the TCP (or TLS) connection failed, or closed during the upgrade.
