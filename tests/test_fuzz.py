@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, cast
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -44,6 +44,7 @@ from hypothesis.stateful import (
 )
 
 from wsrpc import MsgpackCodec
+from wsrpc._msgpack_scan import Refused, check_declared
 from wsrpc.exceptions import EncodeError, ProtocolError
 from wsrpc.messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
 from wsrpc.protocol import Phase, RpcProtocol, Side
@@ -916,3 +917,56 @@ def test_wire_form_helpers() -> None:
     # The helpers above encode the documented conversions; keep them honest.
     assert wire_form((1, bytearray(b"a"), {"k": (memoryview(b"m"),)})) == [1, b"a", {"k": [b"m"]}]
     assert same(1.0, 1.0) and not same(1, 1.0) and not same(0.0, -0.0) and not same(True, 1)
+
+
+# -- the structural walk against msgpack's own decoder ----------------------------------
+
+
+def _decoder_verdict(frame: bytes) -> str:
+    """What msgpack's decoder, set up as the codec sets it up, makes of ``frame``."""
+
+    def refuse(code: int, data: bytes) -> Any:
+        raise ValueError("ext")
+
+    try:
+        msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=refuse, timestamp=1)
+    except UnicodeDecodeError:
+        return "utf-8"
+    except Exception:
+        return "refused"
+    return "accepted"
+
+
+def _walk_verdict(frame: bytes) -> str:
+    try:
+        check_declared(frame)
+    except Refused:
+        return "refused"
+    return "passed"
+
+
+def _wrapped(frame: bytes, count: int) -> bytes:
+    """``frame`` as the last of ``count`` elements of an array16: a frame the codec walks."""
+    return b"\xdc" + count.to_bytes(2, "big") + b"\xc0" * (count - 1) + frame
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=msgpack_frames(), count=st.integers(1, 40), cut=st.integers(0, 3))
+# Found by a 20,000-example run: a timestamp of 8 bytes in the ext 8 format.
+@example(frame=b"\x93\x03\x01\xc7\x08\xff" + b"\x00" * 8, count=1, cut=0)
+def test_the_walk_refuses_exactly_what_the_decoder_refuses(
+    frame: bytes, count: int, cut: int
+) -> None:
+    # The walk (wsrpc/_msgpack_scan.py) runs before the decoder so that a bad
+    # frame is refused before anything is built. It must never refuse a
+    # frame the decoder accepts (nesting deeper than MAX_DEPTH aside, which
+    # these frames are not), and must refuse every frame the decoder refuses
+    # for anything but invalid UTF-8, which only decoding finds.
+    framed = _wrapped(frame, count)
+    if cut:
+        framed = framed[:-cut]
+    walk, decoder = _walk_verdict(framed), _decoder_verdict(framed)
+    if decoder == "accepted":
+        assert walk == "passed"
+    elif decoder == "refused":
+        assert walk == "refused"

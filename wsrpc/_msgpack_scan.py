@@ -51,9 +51,9 @@ _VARIABLE = {
 }  # fmt: skip
 # Type bytes a map key may start with: str and bin (the decoder's strict_map_key).
 _KEY = frozenset([*range(0xA0, 0xC0), 0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB])
-# Exts the codec accepts: msgpack's timestamp (type -1) in its three sizes,
-# as (type byte, length-field width) -> payload length: fixext 4, fixext 8, ext8 of 12.
-_TIMESTAMP = {0xD6: 4, 0xD7: 8, 0xC7: 12}
+# The only ext the codec accepts is msgpack's timestamp: type -1 with 4, 8 or
+# 12 bytes of data, in whichever ext format carries them.
+_TIMESTAMP_SIZES = frozenset([4, 8, 12])
 _EXT = frozenset([0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8])
 # Containers with a length field: (bytes of the length field, elements per entry).
 _CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
@@ -104,13 +104,14 @@ def check_declared(frame: bytes) -> None:
         if at_key and byte not in _KEY:
             raise Refused("map keys must be strings or bytes")
         if byte in _EXT:
-            length = _TIMESTAMP.get(byte)
-            if byte == 0xC7 and position + 1 < size:
-                length = 12 if frame[position + 1] == 12 else None
-                type_at = position + 2
-            else:
+            if byte in _FIXED:  # fixext: the length is in the type byte
+                length: int | None = _FIXED[byte] - 2
                 type_at = position + 1
-            if length is None or type_at >= size or frame[type_at] != 0xFF:
+            else:  # ext 8-32: a length field, then the type
+                width = _VARIABLE[byte][0]
+                length = int.from_bytes(frame[position + 1 : position + 1 + width], "big")
+                type_at = position + 1 + width
+            if length not in _TIMESTAMP_SIZES or type_at >= size or frame[type_at] != 0xFF:
                 raise Refused("ext types other than the timestamp are not accepted")
         open_counts[-1] -= 1
         count = 0
