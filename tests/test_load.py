@@ -485,3 +485,95 @@ async def test_graceful_shutdown_with_calls_in_flight() -> None:
         await server.close()
         for connector in connectors:
             await connector.close()
+
+
+# -- writes that back up, keepalive that goes on --------------------------------------
+
+
+class Blobs:
+    def blob(self, size: int) -> bytes:
+        return b"b" * size
+
+
+class BlobsRemote(Protocol):
+    async def blob(self, size: int) -> bytes: ...
+
+
+async def test_answers_a_caller_does_not_read_pause_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client fires calls whose answers are large and stops reading: the
+    # server's answers back up in its write buffer, so it stops reading the
+    # client (instead of answering without bound). Once the client reads
+    # again, every call completes and the server reads again.
+    paused = asyncio.Event()
+    accepted: list[AnyAcceptor] = []
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(Blobs())
+        accepted.append(acceptor)
+
+    async with running_server(handler, max_message_size=1 << 20) as server:
+        connector: wsrpc.WebSocketConnector[None, None, BlobsRemote] = wsrpc.WebSocketConnector(
+            None, max_message_size=1 << 20
+        )
+        async with connector:
+            await connector.connect(url_of(server), timeout=5 * UNIT)
+            (acceptor,) = accepted
+            server_channel = acceptor._channel
+            original = type(server_channel).pause_reading
+
+            def pause_reading(channel: Channel) -> None:
+                if channel is server_channel:
+                    paused.set()
+                original(channel)
+
+            monkeypatch.setattr(type(server_channel), "pause_reading", pause_reading)
+            channel_of(connector).pause_reading()
+            blobs = connector.get_driver()
+            calls = [asyncio.ensure_future(blobs.blob(256 * 1024)) for _ in range(32)]
+            async with asyncio.timeout(5 * UNIT):
+                await paused.wait()
+            assert acceptor._communicator is not None
+            assert acceptor._communicator._draining
+            channel_of(connector).resume_reading()
+            async with asyncio.timeout(10 * UNIT):
+                results = await asyncio.gather(*calls)
+            assert [len(result) for result in results] == [256 * 1024] * 32
+            assert not acceptor._communicator._draining
+
+
+async def test_keepalive_pings_are_answered_and_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One ping in flight at a time: a third ping means two pongs came back,
+    # and the connection stays open and usable all along.
+    pings = 0
+    third = asyncio.Event()
+    accepted: list[AnyAcceptor] = []
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(Blobs())
+        accepted.append(acceptor)
+
+    async with running_server(handler, ping_interval=0.02, ping_timeout=5 * UNIT) as server:
+        connector: wsrpc.WebSocketConnector[None, None, BlobsRemote] = wsrpc.WebSocketConnector(
+            None, ping_interval=None
+        )
+        async with connector:
+            await connector.connect(url_of(server), timeout=5 * UNIT)
+            (acceptor,) = accepted
+            server_channel = acceptor._channel
+            original = type(server_channel).ping
+
+            def ping(channel: Channel) -> asyncio.Future[None]:
+                nonlocal pings
+                if channel is server_channel:
+                    pings += 1
+                    if pings == 3:
+                        third.set()
+                return original(channel)
+
+            monkeypatch.setattr(type(server_channel), "ping", ping)
+            async with asyncio.timeout(5 * UNIT):
+                await third.wait()
+                assert await connector.get_driver().blob(3) == b"bbb"
+            assert acceptor.state is wsrpc.AcceptorState.OPEN
