@@ -267,6 +267,8 @@ class ServerHandle:
 async def start_server(**options: Any) -> ServerHandle:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
+    # A spawned process starts afresh: it is told the transport explicitly.
+    options = {"transport": TRANSPORT, **options}
     process = context.Process(target=server_process, args=(child, options), daemon=True)
     process.start()
     port: int = await asyncio.to_thread(parent.recv)
@@ -724,6 +726,20 @@ async def shutdown(clients: int, mute: bool) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
+TRANSPORT: wsrpc.TransportName = "websockets"
+"""The transport of this run (``--transport``), for the server's process too."""
+
+
+def use_transport(name: wsrpc.TransportName) -> None:
+    """Make ``name`` the default transport of every server and connector made here."""
+    global TRANSPORT
+    TRANSPORT = name
+    for cls in (wsrpc.WebSocketServer, wsrpc.WebSocketConnector):
+        defaults = cls.__init__.__kwdefaults__
+        assert defaults is not None
+        defaults["transport"] = name
+
+
 async def main(args: argparse.Namespace) -> int:
     scale = args.scale
     only = args.only
@@ -756,4 +772,12 @@ if __name__ == "__main__":
     )
     parser.add_argument("--flood-seconds", type=float, default=10.0)
     parser.add_argument("--hold-seconds", type=float, default=5.0)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument(
+        "--transport",
+        choices=["websockets", "picows"],
+        default="websockets",
+        help="wsrpc's transport, on both sides (picows: the fast one)",
+    )
+    arguments = parser.parse_args()
+    use_transport(arguments.transport)
+    sys.exit(asyncio.run(main(arguments)))
