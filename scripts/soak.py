@@ -41,7 +41,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from websockets.asyncio.client import ClientConnection
@@ -136,13 +136,15 @@ class Control:
         }
 
 
-def server_process(pipe: multiprocessing.connection.Connection) -> None:
-    asyncio.run(serve(pipe))
+def server_process(pipe: multiprocessing.connection.Connection, transport: str) -> None:
+    asyncio.run(serve(pipe, cast(wsrpc.TransportName, transport)))
 
 
-async def serve(pipe: multiprocessing.connection.Connection) -> None:
+async def serve(
+    pipe: multiprocessing.connection.Connection, transport: wsrpc.TransportName
+) -> None:
     tally = Tally()
-    for name in ("wsrpc", "asyncio", "websockets"):
+    for name in ("wsrpc", "asyncio", "websockets", "picows"):
         logger = logging.getLogger(name)
         logger.addHandler(tally)
         logger.setLevel(logging.INFO)
@@ -155,6 +157,7 @@ async def serve(pipe: multiprocessing.connection.Connection) -> None:
         ping_interval=5,
         ping_timeout=5,
         close_timeout=2,
+        transport=transport,
     )
 
     async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, Any, Any]) -> None:
@@ -579,7 +582,7 @@ async def run_case(
 async def main(args: argparse.Namespace) -> int:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=server_process, args=(child,), daemon=True)
+    process = context.Process(target=server_process, args=(child, args.transport), daemon=True)
     process.start()
     port: int = await asyncio.to_thread(parent.recv)
     url = f"ws://{HOST}:{port}/"
@@ -684,4 +687,10 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=20, help="honest clients (default 20)")
     parser.add_argument("--workers", type=int, default=4, help="concurrent calls per client")
     parser.add_argument("--attackers", type=int, default=2, help="attackers (default 2)")
+    parser.add_argument(
+        "--transport",
+        choices=["websockets", "picows"],
+        default="websockets",
+        help="the server's transport (the clients keep the default: both speak the same wire)",
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -344,7 +344,14 @@ class PicowsChannel(Channel, WSListener):
 
     def send(self, data: bytes | str) -> None:
         transport = self._transport
-        if self._closing or transport.is_close_frame_sent:
+        # The socket may be gone before picows reports it (a write failed
+        # while a batch of calls is being answered): writing on would only
+        # make aiofastnet warn once per write.
+        if (
+            self._closing
+            or transport.is_close_frame_sent
+            or transport.underlying_transport.is_closing()
+        ):
             raise self._closed_error()
         # picows encodes a str to UTF-8 itself.
         transport.send(_TEXT if type(data) is str else _BINARY, data)
@@ -401,7 +408,12 @@ class PicowsChannel(Channel, WSListener):
 
     @property
     def is_closing(self) -> bool:
-        return self._closing or self._transport.is_close_frame_sent
+        transport = self._transport
+        return (
+            self._closing
+            or transport.is_close_frame_sent
+            or transport.underlying_transport.is_closing()
+        )
 
     @property
     def close_frames(self) -> CloseFrames:
