@@ -27,7 +27,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
-from wsrpc._picows import connect, listen
+from wsrpc._picows import PicowsChannel, connect, listen
 from wsrpc._transport import Channel, ChannelClosed, CloseFrames, Listener
 
 from .conftest import UNIT
@@ -791,3 +791,19 @@ def test_on_uvloop(
     gc.collect()
     errors = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert not errors
+
+
+async def test_no_write_once_the_socket_is_closing() -> None:
+    # The socket can start closing under picows (a write failed) before
+    # picows reports the disconnection: sends must stop there, not pile up
+    # on a dead socket (aiofastnet would warn once per write).
+    async with pair() as (client, server):
+        Sink(client)
+        Sink(server)
+        assert isinstance(server, PicowsChannel)
+        server._transport.underlying_transport.close()
+        assert server.is_closing
+        for _ in range(10):
+            with pytest.raises(ChannelClosed):
+                server.send(b"late")
+        await within(server.wait_closed())
