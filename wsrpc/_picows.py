@@ -118,7 +118,6 @@ class PicowsChannel(Channel, WSListener):
         "_gone_waiters",
         "_held",
         "_loop",
-        "_lost_reported",
         "_max_size",
         "_on_close_frame",
         "_on_connected",
@@ -177,7 +176,6 @@ class PicowsChannel(Channel, WSListener):
         self._abort_timer: asyncio.TimerHandle | None = None
         self._gone = False  # the connection is gone (on_ws_disconnected ran)
         self._gone_waiters: list[asyncio.Future[None]] | None = None  # see wait_closed()
-        self._lost_reported = False
         self._reaper: asyncio.Future[None] | None = None  # client side: see connect()
 
     # -- picows' callbacks ------------------------------------------------------
@@ -230,8 +228,7 @@ class PicowsChannel(Channel, WSListener):
         self._gone = True
         _wake(self._gone_waiters)
         self._gone_waiters = None
-        if self._on_lost is not None and not self._lost_reported:
-            self._lost_reported = True
+        if self._on_lost is not None:
             self._on_lost()
 
     def pause_writing(self) -> None:
@@ -325,9 +322,6 @@ class PicowsChannel(Channel, WSListener):
         for message in held or ():
             on_message(message)
         if self._gone:
-            # Gone already: the new callbacks' owner must hear of it too
-            # (the connector's handshake, then its communicator).
-            self._lost_reported = True
             on_lost()
 
     def pause_reading(self) -> None:

@@ -72,8 +72,8 @@ class WebsocketsChannel(Channel):
         "_closing_task",
         "_fragments",
         "_fragments_text",
+        "_gone",
         "_held",
-        "_lost",
         "_on_close_frame",
         "_on_lost",
         "_on_message",
@@ -90,7 +90,7 @@ class WebsocketsChannel(Channel):
         self._held: list[bytes | str] | None = None
         self._fragments: list[BytesLike] | None = None
         self._fragments_text = False
-        self._lost = False
+        self._gone = False
         self._reading_paused = False
         self._ping_task: asyncio.Task[None] | None = None
         self._closing_task: asyncio.Task[None] | None = None
@@ -110,7 +110,7 @@ class WebsocketsChannel(Channel):
         held, self._held = self._held, None
         for message in held or ():
             on_message(message)
-        if self._lost:
+        if self._gone:
             on_lost()
 
     def _data_frame(self, frame: Frame) -> None:
@@ -166,7 +166,7 @@ class WebsocketsChannel(Channel):
                 self._on_close_frame(close.code, close.reason)
 
     def _connection_lost(self) -> None:
-        self._lost = True
+        self._gone = True
         if self._on_lost is not None:
             self._on_lost()
 
