@@ -75,13 +75,11 @@ class Scientific:
 
 
 class Calculator:
-    def __init__(
-        self, acceptor: wsrpc.WebSocketAcceptor[Header, Calculator, ListenerRemote]
-    ) -> None:
+    def __init__(self, listener: ListenerRemote) -> None:
         self.scientific = Scientific()
-        # Kept to call the client back. Underscored attributes are never
-        # reachable remotely, so the client cannot touch the acceptor.
-        self._acceptor = acceptor
+        # The client's driver, kept to call the client back. Underscored
+        # attributes are never reachable remotely.
+        self._listener = listener
 
     def add(self, a: int, b: int) -> int:
         return a + b
@@ -92,11 +90,10 @@ class Calculator:
     async def total(self, numbers: list[int]) -> int:
         # Async, because it awaits the client: the client's call is still
         # pending while the server calls the client's provider.
-        listener = self._acceptor.get_driver()
         subtotal = 0
         for done, number in enumerate(numbers, start=1):
             subtotal += number
-            await listener.on_progress(done, len(numbers), subtotal)
+            await self._listener.on_progress(done, len(numbers), subtotal)
         return subtotal
 
 
@@ -108,7 +105,8 @@ async def handler(acceptor: wsrpc.WebSocketAcceptor[Header, Calculator, Listener
         await acceptor.reject(4001, "bad token")
         return
     server_says(f"client #{acceptor.id} sent the right token: accepting it")
-    await acceptor.accept(Calculator(acceptor))
+    # The provider gets its client's driver before accept(), as in TGrid.
+    await acceptor.accept(Calculator(acceptor.get_driver()))
 
 
 # -- the client ---------------------------------------------------------------

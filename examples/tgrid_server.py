@@ -69,9 +69,9 @@ class Scientific:
 class Calculator:
     """Public methods, and those of ``scientific``, are what clients may call."""
 
-    def __init__(self, acceptor: Acceptor) -> None:
+    def __init__(self, listener: ListenerRemote) -> None:
         self.scientific = Scientific()  # a nested provider: "scientific.sqrt"
-        self._acceptor = acceptor  # starts with "_": out of the client's reach
+        self._listener = listener  # the client's driver; "_": out of the client's reach
 
     def add(self, a: float, b: float) -> float:
         return a + b
@@ -87,9 +87,8 @@ class Calculator:
 
     async def countdown(self, n: int) -> str:
         """Call the client's ``progress`` n times, then answer."""
-        listener = self._acceptor.get_driver()  # typed as ListenerRemote
         for done in range(1, n + 1):
-            await listener.progress(done, n)
+            await self._listener.progress(done, n)
         return "liftoff"
 
 
@@ -104,12 +103,13 @@ async def handler(acceptor: Acceptor) -> None:
         print("rejected a client without a name", flush=True)
         await acceptor.reject(4000, "a name is required")
         return
-    await acceptor.accept(Calculator(acceptor))
+    listener = acceptor.get_driver()  # TGrid's acceptor.getDriver(), before accept()
+    await acceptor.accept(Calculator(listener))
     print(f"accepted {name}", flush=True)
     try:
         # Safe at once, even for a TGrid client: accept() has waited until the
         # client can receive calls (a ping/pong round trip after the accept).
-        await acceptor.get_driver().notify(f"welcome, {name}")
+        await listener.notify(f"welcome, {name}")
     except wsrpc.WsrpcError as error:
         print(f"could not greet {name}: {error}", flush=True)
     info = await acceptor.join()  # how the connection ended

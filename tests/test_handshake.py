@@ -210,7 +210,7 @@ async def test_illegal_transitions_raise_state_error() -> None:
 
     async def handler(acceptor: AnyAcceptor) -> None:
         with pytest.raises(wsrpc.StateError):
-            acceptor.get_driver()
+            await acceptor.get_driver().add(1, 1)  # not accepted yet
         await acceptor.accept(Calculator())
         for action in (acceptor.accept(Calculator()), acceptor.reject()):
             try:
@@ -223,7 +223,7 @@ async def test_illegal_transitions_raise_state_error() -> None:
             await server.open(0, handler)
         connector: wsrpc.WebSocketConnector[None, None, Any] = wsrpc.WebSocketConnector(None)
         with pytest.raises(wsrpc.StateError):
-            connector.get_driver()
+            await connector.get_driver().add(1, 1)  # not connected yet
         await connector.connect(url_of(server), timeout=5 * UNIT)
         with pytest.raises(wsrpc.StateError):
             await connector.connect(url_of(server))

@@ -377,8 +377,9 @@ def test_rejection_raises_rejected_error(server: ServerThread) -> None:
     info = connector.close_info
     assert info is not None and info.code == 4001 and info.by_peer
     assert loop_threads() == []  # a failed connect stops the loop thread
-    with pytest.raises(wsrpc.StateError):
-        connector.get_driver()
+    with pytest.raises(wsrpc.ConnectionClosedError) as closed:
+        connector.get_driver().add(1, 1)  # the driver exists; the connection is gone
+    assert closed.value.code == 4001
     with pytest.raises(wsrpc.StateError):
         connector.connect(server.url)
     connector.close()  # still idempotent
@@ -405,7 +406,7 @@ def test_connect_error_on_a_closed_port(server: ServerThread) -> None:
 def test_close_before_connect(server: ServerThread) -> None:
     connector = SyncConnector(HEADER)
     with pytest.raises(wsrpc.StateError):
-        connector.get_driver()
+        connector.get_driver().add(1, 1)  # not connected yet
     connector.close(4000, "never mind")
     assert connector.state is wsrpc.ConnectorState.CLOSED
     info = connector.join(UNIT)
@@ -683,3 +684,19 @@ def test_an_interrupted_call_is_cancelled_on_the_server(server: ServerThread) ->
         join_all(helper)
         assert server.gate.all_cancelled.wait(5 * UNIT)
         assert connector.get_driver().add(1, 2) == 3
+
+
+def test_a_driver_fetched_before_connect_works_once_connected(server: ServerThread) -> None:
+    connector = SyncConnector(HEADER)
+    calc = connector.get_driver()
+    with pytest.raises(wsrpc.StateError, match="not connected"):
+        calc.add(1, 2)
+    assert loop_threads() == []  # the refused call started nothing
+    connector.connect(server.url, timeout=5 * UNIT)
+    assert calc.add(1, 2) == 3
+    assert connector.get_driver() is calc
+    assert connector.url == server.url
+    connector.close(4000, "done")
+    with pytest.raises(wsrpc.ConnectionClosedError) as closed:
+        calc.add(1, 2)
+    assert closed.value.code == 4000

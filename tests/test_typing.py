@@ -5,6 +5,9 @@ method and a wrong argument type, and accepts the correct program.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -41,6 +44,19 @@ PROGRAM = textwrap.dedent(
     class Calculator:
         def add(self, a: int, b: int) -> int:
             return a + b
+
+
+    class Chat:  # a provider that calls its own client back (TGrid's idiom)
+        def __init__(self, client: ClientRemote) -> None:
+            self.client = client
+
+        async def say(self, text: str) -> None:
+            await self.client.on_message(text)
+
+
+    async def chat_handler(acceptor: wsrpc.WebSocketAcceptor[Header, Chat, ClientRemote]) -> None:
+        client = acceptor.get_driver()  # before accept(): typed as ClientRemote
+        await acceptor.accept(Chat(client))
 
 
     async def handler(
@@ -126,3 +142,45 @@ def test_wrong_argument_in_a_group_broadcast_is_an_error() -> None:
     report, status = check('await server.group("g").broadcast(lambda r: r.on_message(42))')
     assert status == 1
     assert 'Argument 1 to "on_message" of "ClientRemote" has incompatible type "int"' in report
+
+
+def test_a_driver_of_the_wrong_remote_for_a_provider_is_an_error() -> None:
+    # The driver fetched before accept()/connect() carries its Remote type:
+    # handing the server's driver to a provider that wants its client's is caught.
+    report, status = check("Chat(calc)")
+    assert status == 1
+    assert 'Argument 1 to "Chat" has incompatible type "CalculatorRemote"' in report
+
+
+def test_a_program_outside_the_repository_type_checks_against_wsrpc() -> None:
+    # What a user does: mypy --strict on their own file, in their own folder,
+    # with the venv that `make` created and no MYPYPATH.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "user_program.py"
+        path.write_text(
+            textwrap.dedent(
+                """
+                from typing import Protocol
+                import wsrpc
+
+                class Remote(Protocol):
+                    async def add(self, a: int, b: int) -> int: ...
+
+                async def main() -> None:
+                    connector = wsrpc.WebSocketConnector[None, None, Remote](None)
+                    await connector.get_driver().add(1, "2")
+                """
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", path.name],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    report = result.stdout + result.stderr
+    assert 'Argument 2 to "add" of "Remote" has incompatible type "str"' in report, report
+    assert "import-not-found" not in report, report

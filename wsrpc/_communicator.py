@@ -51,10 +51,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from ._options import check_timeout
 from ._transport import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
 from .dispatch import AccessRefused, resolve
-from .driver import Driver
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
 from .messages import Call, CloseCode, Error, Return
 from .protocol import RpcProtocol
@@ -108,22 +106,29 @@ class Communicator:
         call_timeout: float | None,
         ping_interval: float | None,
         ping_timeout: float | None,
+        call_error_log_level: int,
         on_closed: Callable[[CloseInfo], Awaitable[None]],
         on_close_frame: CloseFrameCallback | None = None,
         early: Sequence[bytes | str] = (),
+        label: str = "",
     ) -> None:
         """
         Serve ``provider`` over ``channel`` and start taking its messages.
 
         ``early`` are messages that arrived after the handshake but before
         this communicator existed (the owner held them): they are handled
-        first, in order.
+        first, in order. ``label`` names the connection in log records.
+        ``on_closed(info)`` runs once, when the connection is gone and its
+        calls have unwound; after it, the communicator lets go of the
+        provider and of ``on_closed`` (see :meth:`_wind_down`).
         """
         self._channel = channel
         self._protocol = protocol
-        self._provider = provider
+        self._provider: object = provider
         self._call_timeout = call_timeout
-        self._on_closed = on_closed
+        self._error_level = call_error_log_level
+        self._label = label
+        self._on_closed: Callable[[CloseInfo], Awaitable[None]] | None = on_closed
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -146,7 +151,6 @@ class Communicator:
         # asyncio.Semaphore, whose acquire() is a coroutine even when free.
         self._slots = limit
         self._slot_waiters: deque[asyncio.Future[None]] | None = None
-        self._driver: Driver | None = None
         self.closed: ConnectionClosedError | None = None
         """Why the connection closed; None while it is open."""
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -162,19 +166,15 @@ class Communicator:
 
     # -- outgoing calls ------------------------------------------------------
 
-    def driver(self, timeout: float | None) -> Driver:
-        """The root driver: a shared one, or a new one whose calls time out."""
-        if timeout is not None:
-            check_timeout(timeout)
-            return Driver(self, "", timeout)
-        if self._driver is None:
-            self._driver = Driver(self, "", None)
-        return self._driver
-
     def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Coroutine[Any, Any, Any]:
-        """Call ``path`` on the peer; the coroutine returns its result. See :class:`Driver`."""
+        """
+        Call ``path`` on the peer; the coroutine returns its result.
+
+        The call function of a :class:`~wsrpc.driver.Link` while the
+        connection is open. ``timeout`` None means the ``call_timeout``.
+        """
         if timeout is None:
             timeout = self._call_timeout
         if timeout is None:
@@ -382,7 +382,14 @@ class Communicator:
             await asyncio.wait(tasks)
         closed = self.closed
         assert closed is not None
-        await self._on_closed(close_info_of(self._channel.close_frames, closed.code, closed.reason))
+        on_closed, self._on_closed = self._on_closed, None
+        assert on_closed is not None
+        # Nothing of a closed connection may outlive it: the provider may hold
+        # its peer's driver, and on_closed is a method of the owner, so
+        # keeping either would tie the connection into reference cycles that
+        # only a full garbage collection frees.
+        self._provider = None
+        await on_closed(close_info_of(self._channel.close_frames, closed.code, closed.reason))
         if not self._done.done():
             self._done.set_result(None)
 
@@ -403,6 +410,7 @@ class Communicator:
                 result = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
             except (Exception, asyncio.CancelledError) as exc:
                 # A plain method raising CancelledError is an error like any other.
+                self._log_error(call, exc)
                 self._send_quietly(protocol.send_error(uid, exc))
                 return
             if type(result) in _PLAIN or not inspect.isawaitable(result):
@@ -458,6 +466,7 @@ class Communicator:
                     uid, RemoteError("CancelledError", "the call was cancelled")
                 )
             except Exception as exc:
+                self._log_error(call, exc)
                 frame = self._protocol.send_error(uid, exc)
             else:
                 frame = self._protocol.send_return(uid, result)
@@ -468,6 +477,20 @@ class Communicator:
             if self._nested:
                 self._nested.discard(uid)
             self._pump_backlog()
+
+    def _log_error(self, call: Call, exc: BaseException) -> None:
+        # Any peer can make a method raise at will, so this is never logged
+        # above INFO (the option's check), and the traceback is formatted only
+        # if someone listens at that level.
+        if logger.isEnabledFor(self._error_level):
+            logger.log(
+                self._error_level,
+                "%s: call to %r raised %s",
+                self._label or "connection",
+                call.path,
+                type(exc).__name__,
+                exc_info=exc,
+            )
 
     def _pump_backlog(self) -> None:
         backlog = self._backlog

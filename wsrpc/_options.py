@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -31,6 +32,7 @@ class Options:
     compression: bool = False
     send_tracebacks: bool = False
     call_timeout: float | None = None
+    call_error_log_level: int = logging.INFO
     transport: TransportName = "websockets"
 
     def __post_init__(self) -> None:
@@ -47,6 +49,13 @@ class Options:
         check_timeout(self.ping_timeout, "ping_timeout")
         check_timeout(self.call_timeout, "call_timeout")
         check_timeout(self.close_timeout, "close_timeout")
+        level = self.call_error_log_level
+        if not isinstance(level, int) or isinstance(level, bool) or level > logging.INFO:
+            # Any peer can make a provider method raise at will: at WARNING
+            # or above it could flood the logs that page people.
+            raise ValueError(
+                f"call_error_log_level must be logging.INFO or lower (DEBUG), not {level!r}"
+            )
 
     def websockets_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for websockets' ``serve()`` and ``connect()``."""
@@ -64,4 +73,5 @@ class Options:
             "call_timeout": self.call_timeout,
             "ping_interval": self.ping_interval,
             "ping_timeout": self.ping_timeout,
+            "call_error_log_level": self.call_error_log_level,
         }

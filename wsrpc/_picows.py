@@ -228,8 +228,10 @@ class PicowsChannel(Channel, WSListener):
         self._gone = True
         _wake(self._gone_waiters)
         self._gone_waiters = None
-        if self._on_lost is not None:
-            self._on_lost()
+        on_lost = self._on_lost
+        self._drop_callbacks()
+        if on_lost is not None:
+            on_lost()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -322,7 +324,14 @@ class PicowsChannel(Channel, WSListener):
         for message in held or ():
             on_message(message)
         if self._gone:
+            self._drop_callbacks()
             on_lost()
+
+    def _drop_callbacks(self) -> None:
+        # They are the owner's methods: kept after the loss, they would tie
+        # the owner and this channel into a cycle, and a closed connection's
+        # memory would wait for a full garbage collection.
+        self._on_message = self._on_lost = self._on_close_frame = None
 
     def pause_reading(self) -> None:
         if not self._reading_paused and not self._gone:

@@ -111,7 +111,14 @@ class WebsocketsChannel(Channel):
         for message in held or ():
             on_message(message)
         if self._gone:
+            self._drop_callbacks()
             on_lost()
+
+    def _drop_callbacks(self) -> None:
+        # They are the owner's methods: kept after the loss, they would tie
+        # the owner and this channel into a cycle, and a closed connection's
+        # memory would wait for a full garbage collection.
+        self._on_message = self._on_lost = self._on_close_frame = None
 
     def _data_frame(self, frame: Frame) -> None:
         """A data frame arrived (from the connection's protocol callback)."""
@@ -167,8 +174,10 @@ class WebsocketsChannel(Channel):
 
     def _connection_lost(self) -> None:
         self._gone = True
-        if self._on_lost is not None:
-            self._on_lost()
+        on_lost = self._on_lost
+        self._drop_callbacks()
+        if on_lost is not None:
+            on_lost()
 
     def pause_reading(self) -> None:
         if not self._reading_paused:

@@ -12,6 +12,7 @@ from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
 from ._transport import Channel, ChannelClosed
 from ._util import check_close
 from .dispatch import check_provider
+from .driver import Drivers
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
 from .http import HeadersView
 from .messages import CloseCode
@@ -67,6 +68,10 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = AcceptorState.NONE
         self._header: Any = None
         self._communicator: Communicator | None = None
+        self._drivers = Drivers(
+            "the client is not accepted yet; calls through this driver work once "
+            "accept() has been called"
+        )
         # A future, not an Event: one per connection, and an Event's deque is
         # several times its size.
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -195,15 +200,17 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         frame = protocol.send_accept()
         self._state = AcceptorState.OPEN
         # Takes the client's messages from here on; made before the accept
-        # frame goes out so that get_driver() works at once.
-        self._communicator = Communicator(
+        # frame goes out so that the provider may call the client at once.
+        self._communicator = communicator = Communicator(
             channel,
             protocol,
             provider,
             on_closed=self._on_communicator_closed,
             on_close_frame=self._on_close_frame,
+            label=f"connection {self._id} from {self.ip or 'unknown'}",
             **self._options.communicator_kwargs(),
         )
+        self._drivers.open(communicator.call)
         try:
             channel.send(frame)
             if protocol.codec.name == "tgrid":
@@ -259,11 +266,24 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if self._state is not state:
             raise StateError(f"cannot {action}: the acceptor is {self._state.value}")
 
-    # -- once open -----------------------------------------------------------
+    # -- calling the client ----------------------------------------------------
 
     def get_driver(self, *, timeout: float | None = None) -> RemoteT:
         """
         The proxy for the client's provider, typed as ``Remote``.
+
+        Works in every state, so that the handler can give the provider its
+        client before accepting it (TGrid's idiom)::
+
+            async def handler(acceptor: Acceptor) -> None:
+                await acceptor.accept(ChatService(acceptor.get_driver()))
+
+        Calls through the driver before :meth:`accept` fail at once with
+        :exc:`StateError` (nothing is sent, nothing closes); from
+        :meth:`accept` on, the same driver calls the client; once the
+        connection is closing or closed, its calls fail with
+        :exc:`ConnectionClosedError`. Holding a driver never keeps a closed
+        connection alive.
 
         Args:
             timeout: Seconds after which each call through this driver fails
@@ -272,12 +292,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
                 None uses the server's ``call_timeout``.
 
         Raises:
-            StateError: the client has not been accepted.
+            ValueError: ``timeout`` is not positive.
         """
-        communicator = self._communicator
-        if communicator is None:
-            raise StateError(f"no driver before accept(): the acceptor is {self._state.value}")
-        return cast(RemoteT, communicator.driver(timeout))
+        return cast(RemoteT, self._drivers.get(timeout))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """
@@ -368,6 +385,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if self._closed.done():
             return
         self._close_info = info
+        self._drivers.close(info.code, info.reason)
         if self._connecting is not None:
             await asyncio.shield(self._connecting)
         self._in_close_hooks = True
@@ -378,6 +396,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
                 await self._server._run_disconnect_hooks(self, info)
         finally:
             self._in_close_hooks = False
+            # Hooks often close over the acceptor: a cycle once they are done.
+            self._closed_hooks.clear()
+            self._close_request_hooks.clear()
         self._server._release(self)
         self._state = AcceptorState.CLOSED
         self._closed.set_result(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Generic, Self, TypeVar, cast
@@ -19,6 +20,7 @@ from ._transport import Channel, ChannelClosed, TransportName
 from ._util import check_close
 from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
+from .driver import Drivers
 from .exceptions import ConnectError, ProtocolError, RejectedError, RpcTimeoutError, StateError
 from .http import HeadersView
 from .messages import CloseCode
@@ -57,7 +59,8 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         provider: The object whose public methods the server may call, or
             None to serve nothing.
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
-        close_timeout, compression, send_tracebacks, call_timeout: as for
+        close_timeout, compression, send_tracebacks, call_timeout,
+        call_error_log_level: as for
             :class:`WebSocketServer`, applied to this client's side.
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
@@ -83,6 +86,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
+        call_error_log_level: int = logging.INFO,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -107,10 +111,16 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
+            call_error_log_level=call_error_log_level,
             transport=transport,
         )
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None
+        self._drivers = Drivers(
+            "the connector is not connected; calls through this driver work once "
+            "connect() has returned"
+        )
+        self._url = ""
         self._response_headers: list[tuple[str, str]] = []
         self._closed = asyncio.Event()
         self._close_info: CloseInfo | None = None
@@ -121,6 +131,11 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     def header(self) -> HeaderT:
         """The header this connector sends."""
         return self._header
+
+    @property
+    def url(self) -> str:
+        """The URL given to :meth:`connect`; empty before it (TGrid's ``url``)."""
+        return self._url
 
     @property
     def response_headers(self) -> Mapping[str, str]:
@@ -161,6 +176,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         if self._state is not ConnectorState.NONE:
             raise StateError(f"cannot connect: the connector is {self._state.value}")
         self._state = ConnectorState.CONNECTING
+        self._url = url
         protocol = RpcProtocol(
             Side.CLIENT,
             self._codec,
@@ -183,15 +199,17 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             if isinstance(exc, TimeoutError):
                 raise RpcTimeoutError(f"connect to {url} timed out after {timeout} s") from None
             raise
-        self._communicator = Communicator(
+        self._communicator = communicator = Communicator(
             channel,
             protocol,
             self._provider,
             on_closed=self._on_communicator_closed,
             on_close_frame=self._on_close_frame,
             early=early,
+            label=f"connection to {url}",
             **self._options.communicator_kwargs(),
         )
+        self._drivers.open(communicator.call)
         self._state = ConnectorState.OPEN
 
     async def _open(self, url: str) -> tuple[Channel, list[tuple[str, str]]]:
@@ -236,6 +254,12 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """
         The proxy for the server's provider, typed as ``Remote``.
 
+        Works in every state: a driver fetched before :meth:`connect` (to
+        hand to this connector's own provider, say) fails its calls at once
+        with :exc:`StateError` until ``connect()`` has returned, then calls
+        the server; once the connection is closing or closed, its calls fail
+        with :exc:`ConnectionClosedError`.
+
         Args:
             timeout: Seconds after which each call through this driver fails
                 with :exc:`RpcTimeoutError` (and is cancelled on a wsrpc server;
@@ -243,12 +267,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 None uses the connector's ``call_timeout``.
 
         Raises:
-            StateError: the connector has not connected.
+            ValueError: ``timeout`` is not positive.
         """
-        communicator = self._communicator
-        if communicator is None:
-            raise StateError(f"no driver before connect(): the connector is {self._state.value}")
-        return cast(RemoteT, communicator.driver(timeout))
+        return cast(RemoteT, self._drivers.get(timeout))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """
@@ -314,6 +335,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
 
     async def _on_communicator_closed(self, info: CloseInfo) -> None:
         self._close_info = info
+        self._drivers.close(info.code, info.reason)
         for hook in self._closed_hooks:
             await run_hook(hook, self, info)
         self._set_closed(info)
@@ -321,6 +343,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     def _set_closed(self, info: CloseInfo) -> None:
         if self._close_info is None:
             self._close_info = info
+        self._drivers.close(self._close_info.code, self._close_info.reason)
+        self._closed_hooks.clear()  # they often close over the connector: a cycle
+        self._close_request_hooks.clear()
         self._state = ConnectorState.CLOSED
         self._closed.set()
 

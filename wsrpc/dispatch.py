@@ -30,7 +30,14 @@ from collections.abc import Callable
 from types import FunctionType, GetSetDescriptorType, MethodType, ModuleType
 from typing import Any
 
-__all__ = ["MAX_PATH_LENGTH", "MAX_PATH_SEGMENTS", "AccessRefused", "check_provider", "resolve"]
+__all__ = [
+    "MAX_PATH_LENGTH",
+    "MAX_PATH_SEGMENTS",
+    "AccessRefused",
+    "check_provider",
+    "is_remote_name",
+    "resolve",
+]
 
 MAX_PATH_LENGTH = 256
 """Longest dotted path accepted, in characters."""
@@ -76,6 +83,18 @@ def check_provider(provider: object) -> None:
         )
 
 
+def is_remote_name(name: str) -> bool:
+    """
+    Whether a member may be called remotely, by its name alone.
+
+    Names that start or end with ``_`` never are. The local proxies (the
+    drivers) apply the same rule, raising :exc:`AttributeError`, which also
+    keeps introspection (``copy``, ``pickle``, ``inspect``) from turning into
+    remote calls.
+    """
+    return not (name.startswith("_") or name.endswith("_"))
+
+
 def _check_path(path: str) -> list[str]:
     """The segments of ``path``, once it passed the name rules (then cached)."""
     if len(path) > MAX_PATH_LENGTH:
@@ -84,7 +103,7 @@ def _check_path(path: str) -> list[str]:
     if len(names) > MAX_PATH_SEGMENTS:
         raise AccessRefused("path has too many segments")
     for name in names:
-        if not (name.isidentifier() and not name.startswith("_") and not name.endswith("_")):
+        if not (name.isidentifier() and is_remote_name(name)):
             raise AccessRefused(
                 f"{path!r} is not callable: every segment must be an identifier "
                 "that neither starts nor ends with '_'"

@@ -69,9 +69,12 @@ class _CloseInfo(WsrpcError):
     """Shared shape of the errors that carry a WebSocket close code and reason."""
 
     def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        """The WebSocket close code: the one in the close frame (1005 if it
-        carried none), or 1006 when the connection dropped without one."""
+        # A plain int whatever was passed: most codes (4001, 1012) cannot be
+        # CloseCode members, so none is, and equality and repr agree.
+        self.code = code = int(code)
+        """The WebSocket close code, a plain ``int``: the one in the close
+        frame (1005 if it carried none), or 1006 when the connection dropped
+        without one."""
         self.reason = reason
         """The close reason, possibly empty."""
         super().__init__(code, reason)
@@ -150,7 +153,8 @@ class ProtocolError(WsrpcError):
     """
 
     def __init__(self, code: int, reason: str) -> None:
-        self.code = code
+        self.code = code = int(code)
+        """The close code it calls for, a plain ``int``."""
         self.reason = reason
         super().__init__(code, reason)
 

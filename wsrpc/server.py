@@ -80,6 +80,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             (default False; they reveal source code, enable for debugging).
         call_timeout: Default seconds for calls made to clients (default
             None: no limit).
+        call_error_log_level: Level at which a provider method that raises
+            is logged, with its traceback, on the ``wsrpc`` logger (default
+            ``logging.INFO``; ``logging.DEBUG`` to quieten it). Never above
+            INFO, since any client can make a method raise at will:
+            ``ValueError`` for a higher level.
         origins: Allowed values of the ``Origin`` request header, for
             defending browser clients against cross-site WebSocket hijacking:
             a request with another origin gets HTTP 403 before any acceptor
@@ -105,6 +110,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
+        call_error_log_level: int = logging.INFO,
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
         transport: TransportName = "websockets",
@@ -123,6 +129,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
+            call_error_log_level=call_error_log_level,
             transport=transport,
         )
         self._header_timeout = header_timeout

@@ -64,7 +64,8 @@ class CloseInfo:
     """How a connection ended; what :meth:`join` returns and close hooks receive."""
 
     code: int
-    """The close code that explains the end (1006 when the connection dropped)."""
+    """The close code that explains the end (1006 when the connection
+    dropped); always a plain ``int``, never a :class:`CloseCode` member."""
     reason: str
     """The close reason, possibly empty."""
     clean: bool
@@ -75,3 +76,7 @@ class CloseInfo:
     by_peer: bool
     """True when the peer started the close (its close frame came first, or
     the connection dropped); False when this side did."""
+
+    def __post_init__(self) -> None:
+        if type(self.code) is not int:  # a CloseCode member, or a bool
+            object.__setattr__(self, "code", int(self.code))

@@ -45,6 +45,7 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -57,6 +58,7 @@ from ._transport import TransportName
 from ._util import check_close
 from .acceptor import WebSocketAcceptor
 from .codecs import Codec, CodecName
+from .dispatch import is_remote_name
 from .driver import Driver
 from .exceptions import ConnectionClosedError, RpcTimeoutError, StateError
 from .messages import CloseCode
@@ -306,6 +308,29 @@ class _LoopThread(_Portal):
                 loop.close()
 
 
+class _PortalSlot:
+    """
+    The portal a :class:`SyncDriver` runs its calls through, once there is one.
+
+    Shared by a sync connector and its drivers, so that a driver fetched
+    before :meth:`WebSocketConnector.connect` works once it has connected,
+    without the drivers pointing back at the connector (a cycle).
+    """
+
+    __slots__ = ("_not_open", "portal")
+
+    def __init__(self, portal: _Portal | None, not_open: str = "") -> None:
+        self.portal = portal
+        self._not_open = not_open
+
+    def get(self, action: str) -> _Portal:
+        """The portal; StateError if there is none yet."""
+        portal = self.portal
+        if portal is None:
+            raise StateError(f"cannot {action}: {self._not_open}")
+        return portal
+
+
 class SyncDriver:
     """
     Blocking proxy for a remote provider, or for one object or method in it.
@@ -322,13 +347,13 @@ class SyncDriver:
     own thread, where calls raise :exc:`~wsrpc.StateError`.
     """
 
-    def __init__(self, portal: _Portal, driver: Driver, path: str = "") -> None:
+    def __init__(self, portal: _PortalSlot, driver: Driver, path: str = "") -> None:
         self.__portal = portal
         self.__driver = driver
         self.__path = path
 
     def __getattr__(self, name: str) -> SyncDriver:
-        if name.startswith("_") or name.endswith("_"):
+        if not is_remote_name(name):
             raise AttributeError(name)
         path = f"{self.__path}.{name}" if self.__path else name
         child = SyncDriver(self.__portal, getattr(self.__driver, name), path)
@@ -338,8 +363,14 @@ class SyncDriver:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The async driver raises TypeError for the root before making a coroutine.
+        action = f"call {self.__path!r}"
         coro = self.__driver(*args, **kwargs)
-        return self.__portal.run(coro, f"call {self.__path!r}")
+        try:
+            portal = self.__portal.get(action)
+        except StateError:
+            coro.close()  # never scheduled: no "never awaited" warning
+            raise
+        return portal.run(coro, action)
 
     def __repr__(self) -> str:
         return f"<wsrpc.sync.SyncDriver {self.__path or '(root)'}>"
@@ -384,6 +415,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
+        call_error_log_level: int = logging.INFO,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -399,12 +431,18 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
+            call_error_log_level=call_error_log_level,
             codec=codec,
             additional_headers=additional_headers,
             transport=transport,
         )
         self._lock = threading.Lock()
         self._portal: _LoopThread | None = None
+        self._portal_slot = _PortalSlot(
+            None,
+            "the connector is not connected; calls through this driver work once "
+            "connect() has returned",
+        )
         self._driver: SyncDriver | None = None
         self._done = threading.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -450,7 +488,15 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 self._closed_error,
                 self._done.set,
             )
+            # From here on, drivers fetched earlier reach the loop, where the
+            # async driver tells "not connected yet" from "closed".
+            self._portal_slot.portal = self._portal
             return self._portal
+
+    @property
+    def url(self) -> str:
+        """The URL given to :meth:`connect`; empty before it."""
+        return self._inner.url
 
     def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
         """
@@ -487,17 +533,17 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """
         The blocking proxy for the server's provider, typed as ``Remote``.
 
-        Does not block. Args and errors as for
+        Does not block, and works in every state: calls through a driver
+        fetched before :meth:`connect` raise :exc:`~wsrpc.StateError` until
+        ``connect()`` has returned. Args and errors as for
         :meth:`wsrpc.WebSocketConnector.get_driver`.
         """
         driver = cast(Driver, self._inner.get_driver(timeout=timeout))
-        portal = self._portal
-        assert portal is not None  # the async connector has connected
         if timeout is not None:
-            return cast(RemoteT, SyncDriver(portal, driver))
+            return cast(RemoteT, SyncDriver(self._portal_slot, driver))
         with self._lock:
             if self._driver is None:
-                self._driver = SyncDriver(portal, driver)
+                self._driver = SyncDriver(self._portal_slot, driver)
             return cast(RemoteT, self._driver)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -524,6 +570,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                     self._closed_error,
                     self._done.set,
                 )
+                self._portal_slot.portal = portal
         try:
             portal.run(self._inner.close(code, reason), "close")
         except ConnectionClosedError:
@@ -613,6 +660,7 @@ class ThreadsafeAcceptor(Generic[SyncRemoteT]):
     def __init__(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
         self._acceptor = acceptor
         self._portal = _Portal(acceptor._loop, "this acceptor", self._closed_error)
+        self._portal_slot = _PortalSlot(self._portal)
         self._lock = threading.Lock()
         self._driver: SyncDriver | None = None
 
@@ -650,10 +698,10 @@ class ThreadsafeAcceptor(Generic[SyncRemoteT]):
         """
         driver = cast(Driver, self._acceptor.get_driver(timeout=timeout))
         if timeout is not None:
-            return cast(SyncRemoteT, SyncDriver(self._portal, driver))
+            return cast(SyncRemoteT, SyncDriver(self._portal_slot, driver))
         with self._lock:
             if self._driver is None:
-                self._driver = SyncDriver(self._portal, driver)
+                self._driver = SyncDriver(self._portal_slot, driver)
             return cast(SyncRemoteT, self._driver)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
