@@ -45,7 +45,8 @@ async function connect() {
   if (connector !== null) {
     const previous = connector;
     connector = null;
-    await previous.close();
+    // It may be closing already (the server went away): nothing to undo.
+    await previous.close().catch(() => {});
   }
   enableCalls(false);
   $("error").textContent = "";
@@ -60,9 +61,13 @@ async function connect() {
     await candidate.connect(`${scheme}://${location.host}/rpc`, { timeout: 10000 });
   } catch (error) {
     // A rejection is TGrid's WebSocketError: `status` is the close code and
-    // `message` the reason the server's handler gave to reject().
-    const code = error && error.status !== undefined ? `${error.status} ` : "";
-    setStatus(`rejected: ${code}${error && error.message}`, "bad");
+    // `message` the reason the server's handler gave to reject(). Anything
+    // else (no server, a timeout) is a plain Error.
+    if (error && typeof error.status === "number") {
+      setStatus(`rejected: ${error.status} ${error.message}`, "bad");
+    } else {
+      setStatus(`failed: ${error && error.message}`, "bad");
+    }
     return;
   }
   connector = candidate;
