@@ -8,7 +8,14 @@ STAMP := $(VENV)/.installed-stamp
 
 NODE_DEPS := tests/interop/node_modules/.package-lock.json
 
-.PHONY: demo test lint format types clean
+# The browser example's test drives Debian's Chromium with Playwright; its
+# page is bundled by esbuild, pinned in examples/browser/package-lock.json.
+CHROMIUM := /usr/bin/chromium
+BROWSER_EXAMPLE := examples/browser
+BROWSER_DEPS := $(BROWSER_EXAMPLE)/node_modules/.package-lock.json
+BROWSER_BUNDLE := $(BROWSER_EXAMPLE)/dist/main.js
+
+.PHONY: demo test lint format types clean browser screenshot
 
 # editable_mode=compat puts the project on sys.path through a plain .pth
 # line, which mypy reads; the default mode's import hook is invisible to mypy,
@@ -24,6 +31,26 @@ $(STAMP): pyproject.toml
 $(NODE_DEPS): tests/interop/package-lock.json
 	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
+# Debian's chromium package, installed only when missing (CI runs as root).
+# Playwright drives it through executable_path: never `playwright install`,
+# which would download a browser of its own.
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+$(BROWSER_DEPS): $(BROWSER_EXAMPLE)/package-lock.json
+	npm ci --prefix $(BROWSER_EXAMPLE) --no-audit --no-fund --loglevel=error
+
+# The page's script, bundled for the browser (the package's "build" script).
+$(BROWSER_BUNDLE): $(BROWSER_DEPS) $(BROWSER_EXAMPLE)/package.json $(BROWSER_EXAMPLE)/src/main.js
+	npm run --prefix $(BROWSER_EXAMPLE) --silent build
+
+browser: $(CHROMIUM) $(BROWSER_BUNDLE)
+
+# docs/img/browser.png, the page as tests/test_browser.py leaves it.
+screenshot: $(STAMP) browser
+	WSRPC_UPDATE_SCREENSHOT=1 $(BIN)/python -X dev -m pytest -q tests/test_browser.py -k calls_and_pushes
+
 # The tests that exercise a transport run a second time on the fast one
 # (picows), as the default of every server and connector they make; the
 # sans-I/O, typing, example and interop tests do not depend on it.
@@ -34,7 +61,7 @@ TRANSPORT_TESTS := tests/test_calls.py tests/test_close.py tests/test_handshake.
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) $(NODE_DEPS)
+test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
 	$(BIN)/python -X dev -m pytest
@@ -52,4 +79,5 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix wsrpc tests examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache tests/interop/node_modules
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache tests/interop/node_modules \
+		$(BROWSER_EXAMPLE)/node_modules $(BROWSER_EXAMPLE)/dist

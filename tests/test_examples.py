@@ -316,9 +316,23 @@ def test_readme_example() -> None:
     assert run_python("-c", code) == ["3", "4.0"]
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+def example_scripts() -> list[Path]:
+    """Every Python file under examples/, outside installed node packages."""
+    return sorted(path for path in EXAMPLES.rglob("*.py") if "node_modules" not in path.parts)
+
+
+@pytest.mark.parametrize(
+    "path", example_scripts(), ids=lambda path: str(path.relative_to(EXAMPLES))
+)
 def test_every_example_is_tested(path: Path) -> None:
     # A new example must get a test here, not just a file.
     if path.name == "__init__.py":
+        return
+    if path.parent != EXAMPLES:
+        # An example with a folder of its own, examples/<name>/ (a web page and
+        # its server, say), has a test module of its own: tests/test_<name>.py.
+        folder = path.relative_to(EXAMPLES).parts[0]
+        module = ROOT / "tests" / f"test_{folder}.py"
+        assert module.is_file(), f"no tests/{module.name} for examples/{folder}/"
         return
     assert f"test_{path.stem}" in globals(), f"no test for {path.name}"
