@@ -109,10 +109,10 @@ def make_handler(server: Server, token: str) -> wsrpc.Handler[object, Session, P
             await acceptor.reject(4000, "a name is required")
             return
         name = name.strip()[:40]
+        page = acceptor.get_driver()  # TGrid's acceptor.getDriver(), before accept()
+        # For a TGrid client, accept() also waits until the page can receive
+        # calls: calling it right after is safe.
         await acceptor.accept(Session(server, name))
-        # The driver exists once accept() has returned; for a TGrid client,
-        # accept() has also waited until the page can receive calls.
-        page = acceptor.get_driver()
         print(f"accepted {name}", flush=True)
         try:
             await page.addItem(f"welcome, {name}")
