@@ -56,7 +56,8 @@ screenshot: $(STAMP) browser
 # sans-I/O, typing, example and interop tests do not depend on it.
 TRANSPORT_TESTS := tests/test_calls.py tests/test_close.py tests/test_handshake.py \
 	tests/test_connections.py tests/test_hostile.py tests/test_load.py \
-	tests/test_faults.py tests/test_sync.py tests/test_idioms.py tests/test_lifetime.py
+	tests/test_faults.py tests/test_sync.py tests/test_idioms.py tests/test_lifetime.py \
+	tests/test_caps.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

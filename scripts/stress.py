@@ -30,6 +30,12 @@ Scenarios (``--only NAME`` runs one; all run by default):
     client reads again and every callback must complete. Run twice: the slow
     client advertising the default ``max_concurrent_calls`` (128), then a
     hostile one advertising 1,000,000.
+``rejected-headers``
+    60 clients in a row, each sending a valid header of about 1 MiB of empty
+    msgpack maps (some 64 MiB once decoded) and rejected with 4001 by the
+    token check. Nothing of a rejected connection may outlive it: the
+    server's memory must come back to where it started, with no garbage
+    collection asked for (the cycles that once kept every header are gone).
 ``shutdown``
     100 clients with 4 calls each running on the server (and one client that
     stopped reading, in the second run) when the server closes: clients must
@@ -212,6 +218,9 @@ async def serve(pipe: multiprocessing.connection.Connection, options: dict[str, 
     server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(**options)
 
     async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, Any, Any]) -> None:
+        if isinstance(acceptor.header, dict):  # a token check that fails
+            await acceptor.reject(4001, "bad token")
+            return
         name = str(acceptor.header)
         if name == "control":
             await acceptor.accept(Control(state, server))
@@ -730,6 +739,56 @@ TRANSPORT: wsrpc.TransportName = "websockets"
 """The transport of this run (``--transport``), for the server's process too."""
 
 
+# -- scenario: rejected large headers -------------------------------------------
+
+
+async def rejected_headers(count: int) -> None:
+    row = Row("rejected-headers")
+    ROWS.append(row)
+    server = await start_server()
+    # 1 MiB frames of empty maps: one byte each on the wire, a dict each
+    # once decoded.
+    padding = 2**20 - 64
+    header = {"token": "wrong", "padding": [{}] * padding}
+    start = await server.stats()
+    peak = start["VmRSS"]
+    log(f"{row.scenario}: {count} clients, headers of {padding:,} empty maps")
+    rejected = 0
+    after_first = start["VmRSS"]
+    for i in range(count):
+        connector: wsrpc.WebSocketConnector[Any, None, Any] = wsrpc.WebSocketConnector(header)
+        try:
+            await connector.connect(server.url, timeout=30)
+        except wsrpc.RejectedError as exc:
+            rejected += exc.code == 4001
+        stats = await server.stats()
+        peak = max(peak, stats["VmRSS"])
+        if i == 0:
+            after_first = stats["VmRSS"]
+    end = await server.stats()
+    for _ in range(100):  # the last one's release may trail its rejection a little
+        if end["connections"] == 1:
+            break
+        await asyncio.sleep(0.05)
+        end = await server.stats()
+    await server.stop()
+    memory_cells(row, start, peak, end)
+    # The allocator keeps the pages of one decoded header for the next one
+    # (freed, not returned to the system): what matters is that the later
+    # headers add nothing. Each decodes to some 64 MiB, so keeping them
+    # would grow the server by gigabytes.
+    growth = end["VmRSS"] - after_first
+    row.details = [
+        f"{rejected}/{count} rejected with 4001",
+        f"RSS after the first {after_first - start['VmRSS']:+.1f} MiB, "
+        f"then {growth:+.1f} MiB over the next {count - 1}",
+        f"connections left {end['connections'] - 1}",
+    ]
+    ok = rejected == count and growth < 16 and end["connections"] == 1
+    row.verdict = "OK" if ok else "FAIL"
+    log(f"{row.scenario}: {row.verdict}: {'; '.join(row.details)}")
+
+
 def use_transport(name: wsrpc.TransportName) -> None:
     """Make ``name`` the default transport of every server and connector made here."""
     global TRANSPORT
@@ -752,6 +811,8 @@ async def main(args: argparse.Namespace) -> int:
     if only in (None, "slow-reader"):
         await slow_reader(int(10_000 * scale), 128, args.hold_seconds)
         await slow_reader(int(10_000 * scale), 1_000_000, args.hold_seconds)
+    if only in (None, "rejected-headers"):
+        await rejected_headers(max(1, int(60 * min(scale, 1.0))))
     if only in (None, "shutdown"):
         await shutdown(int(100 * max(scale, 0.1)), mute=False)
         await shutdown(int(100 * max(scale, 0.1)), mute=True)
@@ -763,7 +824,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        choices=["nested-default", "nested", "flood", "slow-reader", "shutdown"],
+        choices=[
+            "nested-default",
+            "nested",
+            "flood",
+            "slow-reader",
+            "rejected-headers",
+            "shutdown",
+        ],
         help="run one scenario",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply call counts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
 from ._communicator import Communicator, close_info_of, why_closed
@@ -56,6 +56,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         server: WebSocketServer[HeaderT, ProviderT, RemoteT],
         channel: Channel,
         acceptor_id: int,
+        on_header: Callable[[], None],
     ) -> None:
         if token is not TOKEN:
             raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
@@ -64,6 +65,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._channel = channel
         self._options = server._options
         self._id = acceptor_id
+        self._on_header: Callable[[], None] | None = on_header
         self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
         self._state = AcceptorState.NONE
         self._header: Any = None
@@ -360,6 +362,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     def _on_handshake_message(self, data: bytes | str) -> None:
         if self._first is None:
             self._first = data
+            on_header, self._on_header = self._on_header, None
+            if on_header is not None:
+                on_header()  # no longer counts against max_pending_headers
             if self._first_waiter is not None and not self._first_waiter.done():
                 self._first_waiter.set_result(None)
         elif self._violation is None and not self._channel.is_closing:

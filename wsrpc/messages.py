@@ -52,6 +52,9 @@ class CloseCode(enum.IntEnum):
     """A frame over ``max_message_size``."""
     INTERNAL_ERROR = 1011
     """The server's handler raised; a keepalive ping went unanswered."""
+    TRY_AGAIN_LATER = 1013
+    """The server is at its cap of connections (``max_connections``) or of
+    connections still waiting for their header (``max_pending_headers``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -80,6 +81,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             (default False; they reveal source code, enable for debugging).
         call_timeout: Default seconds for calls made to clients (default
             None: no limit).
+        max_connections: Most connections open at once, from the upgrade
+            to the close (default 10,000). One more is closed with 1013
+            (try again later) right after its upgrade.
+        max_pending_headers: Most connections open at once that have not
+            sent their header yet (default 1,000): they cost the server
+            memory before anyone is identified. One more is closed with
+            1013. Each waits at most ``header_timeout``.
         call_error_log_level: Level at which a provider method that raises
             is logged, with its traceback, on the ``wsrpc`` logger (default
             ``logging.INFO``; ``logging.DEBUG`` to quieten it). Never above
@@ -104,6 +112,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         header_timeout: float = 10.0,
+        max_connections: int = 10_000,
+        max_pending_headers: int = 1_000,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float = 10.0,
@@ -116,6 +126,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         transport: TransportName = "websockets",
     ) -> None:
         check_timeout(header_timeout, "header_timeout")
+        if max_connections < 1 or max_pending_headers < 1:
+            raise ValueError("max_connections and max_pending_headers must be at least 1")
+        self._max_connections = max_connections
+        self._max_pending_headers = max_pending_headers
+        self._pending_headers: set[int] = set()  # ids of acceptors before their header
         if not codecs or not set(codecs) <= {"msgpack", "tgrid"}:
             raise ValueError("codecs must name 'msgpack', 'tgrid' or both")
         self._allowed_codecs = frozenset(codecs)
@@ -307,16 +322,27 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             # Upgraded just as close() began: it will not see this one.
             await channel.close(CloseCode.GOING_AWAY, "server closing")
             return
+        if (
+            len(self._acceptors) >= self._max_connections
+            or len(self._pending_headers) >= self._max_pending_headers
+        ):
+            # Refused before anything is made for it: a flood of sockets
+            # costs at most the caps' worth of connections.
+            await channel.close(CloseCode.TRY_AGAIN_LATER, "server busy, try again later")
+            return
         acceptor_id = next(self._ids)
+        pending = self._pending_headers
+        pending.add(acceptor_id)
         # The plain class, not WebSocketAcceptor[...]: a subscripted call
         # would store __orig_class__ on every connection.
         acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT] = WebSocketAcceptor(
-            TOKEN, self, channel, acceptor_id
+            TOKEN, self, channel, acceptor_id, functools.partial(pending.discard, acceptor_id)
         )
         self._acceptors[acceptor_id] = acceptor
         try:
             await acceptor._run(self._handler, self._header_timeout)
         finally:
+            pending.discard(acceptor_id)
             self._release(acceptor)
 
     def _codec_for_first_frame(self, frame: bytes | str) -> Codec | None:
