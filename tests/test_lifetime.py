@@ -148,3 +148,22 @@ async def test_an_accepted_connection_is_freed_after_either_side_closes() -> Non
             del connector, client, acceptor
         assert len(freed.refs) == 8
         await freed.wait()
+
+
+async def test_a_closed_server_is_freed() -> None:
+    freed = Freed()
+
+    async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, Room, ClientRemote]) -> None:
+        await acceptor.accept(Room(acceptor.get_driver()))
+
+    server: wsrpc.WebSocketServer[Any, Room, ClientRemote] = wsrpc.WebSocketServer()
+    server.on_connect(lambda acceptor: None)
+    await server.open(0, handler)
+    connector = wsrpc.WebSocketConnector[None, Client, Any](None, Client())
+    await connector.connect(url_of(server), timeout=5 * UNIT)
+    server.group("room").add(next(iter(server.acceptors.values())))
+    freed.track(server, connector)
+    await server.close()
+    await asyncio.wait_for(connector.join(), 5 * UNIT)
+    del server, connector
+    await freed.wait()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
 from ._communicator import Communicator, close_info_of, why_closed
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
+from ._options import Options
 from ._transport import Channel, ChannelClosed
 from ._util import check_close
+from .codecs import Codec
 from .dispatch import check_provider
 from .driver import Drivers
 from .exceptions import ConnectionClosedError, ProtocolError, StateError
@@ -20,9 +23,9 @@ from .protocol import RpcProtocol, Side
 from .states import AcceptorState, CloseInfo
 
 if TYPE_CHECKING:
-    from .server import Handler, WebSocketServer
+    from .server import Handler
 
-__all__ = ["WebSocketAcceptor"]
+__all__ = ["ServerSide", "WebSocketAcceptor", "loop_of"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -32,6 +35,28 @@ RemoteT = TypeVar("RemoteT")
 
 TOKEN = object()
 """Proof that the server, not a user, creates an acceptor."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSide:
+    """
+    What an acceptor needs of its server, handed to it rather than reached for.
+
+    One per server, shared by its acceptors.
+    """
+
+    options: Options
+    header_timeout: float
+    codec_for: Callable[[bytes | str], Codec | None]
+    """The codec for a client whose first frame is this one; None if not served."""
+    connected: Callable[[WebSocketAcceptor[Any, Any, Any]], Awaitable[None]]
+    """Runs the server's ``on_connect`` hooks."""
+    disconnected: Callable[[WebSocketAcceptor[Any, Any, Any], CloseInfo], Awaitable[None]]
+    """Runs the server's ``on_disconnect`` hooks."""
+    release: Callable[[WebSocketAcceptor[Any, Any, Any]], None]
+    """Takes the connection out of the registry, and out of its groups."""
+    groups_of: Callable[[int], frozenset[str]]
+    """The names of the groups a connection belongs to."""
 
 
 @final
@@ -53,17 +78,17 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     def __init__(
         self,
         token: object,
-        server: WebSocketServer[HeaderT, ProviderT, RemoteT],
+        side: ServerSide,
         channel: Channel,
         acceptor_id: int,
         on_header: Callable[[], None],
     ) -> None:
         if token is not TOKEN:
             raise TypeError("WebSocketAcceptor has no public constructor; the server creates it")
-        self._server = server
-        self._loop = asyncio.get_running_loop()  # for wsrpc.sync.ThreadsafeAcceptor
+        self._side = side
+        self._loop = asyncio.get_running_loop()
         self._channel = channel
-        self._options = server._options
+        self._options = side.options
         self._id = acceptor_id
         self._on_header: Callable[[], None] | None = on_header
         self._protocol: RpcProtocol | None = None  # once the first frame shows the codec
@@ -82,7 +107,6 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._closed_hooks: list[ClosedHook[Self]] = []
         self._in_close_hooks = False
         self._connecting: asyncio.Future[None] | None = None
-        self._groups: set[str] | None = None  # made when it joins a group
         # The first message (the header) and who waits for it.
         self._first: bytes | str | None = None
         self._first_waiter: asyncio.Future[None] | None = None
@@ -164,7 +188,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
     @property
     def groups(self) -> frozenset[str]:
         """Names of the groups this connection belongs to (see :meth:`WebSocketServer.group`)."""
-        return frozenset(self._groups or ())
+        return self._side.groups_of(self._id)
 
     @property
     def state(self) -> AcceptorState:
@@ -223,7 +247,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         # during) on_connect for the same connection, however fast it closes.
         self._connecting = asyncio.get_running_loop().create_future()
         try:
-            await self._server._run_connect_hooks(self)
+            await self._side.connected(self)
         finally:
             self._connecting.set_result(None)
 
@@ -398,13 +422,13 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             for hook in self._closed_hooks:
                 await run_hook(hook, self, info)
             if self._connecting is not None:  # on_connect ran: on_disconnect pairs with it
-                await self._server._run_disconnect_hooks(self, info)
+                await self._side.disconnected(self, info)
         finally:
             self._in_close_hooks = False
             # Hooks often close over the acceptor: a cycle once they are done.
             self._closed_hooks.clear()
             self._close_request_hooks.clear()
-        self._server._release(self)
+        self._side.release(self)
         self._state = AcceptorState.CLOSED
         self._closed.set_result(None)
 
@@ -413,12 +437,9 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
     # -- driven by the server ------------------------------------------------
 
-    async def _run(
-        self,
-        handler: Handler[HeaderT, ProviderT, RemoteT],
-        header_timeout: float,
-    ) -> None:
-        if not await self._receive_header(header_timeout):
+    async def _run(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> None:
+        """The connection's whole life: header, handler, close (driven by the server)."""
+        if not await self._receive_header(self._side.header_timeout):
             await self._channel.wait_closed()
             frames = self._channel.close_frames
             await self._set_closed(close_info_of(frames, *why_closed(frames)))
@@ -470,7 +491,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         frame = self._first
         if frame is None:
             return False  # the client left first
-        codec = self._server._codec_for_first_frame(frame)
+        codec = self._side.codec_for(frame)
         if codec is None:
             kind = "text" if isinstance(frame, str) else "binary"
             await channel.close(CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not served here")
@@ -505,3 +526,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             logger.error("connection handler raised", exc_info=error)
             if self._state is AcceptorState.OPEN:
                 await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def loop_of(acceptor: WebSocketAcceptor[Any, Any, Any]) -> asyncio.AbstractEventLoop:
+    """The event loop ``acceptor`` runs on (for :mod:`wsrpc.sync`, from any thread)."""
+    return acceptor._loop

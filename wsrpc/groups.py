@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -27,8 +27,8 @@ from .exceptions import StateError
 from .states import AcceptorState
 
 if TYPE_CHECKING:
+    from ._registry import Registry
     from .acceptor import WebSocketAcceptor
-    from .server import WebSocketServer
 
 __all__ = ["Group", "Outcome"]
 
@@ -89,7 +89,7 @@ async def _one(
 
 
 def notify(
-    server: WebSocketServer[Any, Any, RemoteT],
+    registry: Registry[WebSocketAcceptor[Any, Any, RemoteT]],
     members: Iterable[WebSocketAcceptor[Any, Any, RemoteT]],
     call: Callable[[RemoteT], Awaitable[Any]],
     timeout: float | None,
@@ -106,7 +106,7 @@ def notify(
             except Exception as exc:
                 logger.debug("notification to connection %d failed: %r", member.id, exc)
                 continue
-            server._track(_quietly(member.id, awaitable))
+            registry.track(_quietly(member.id, awaitable))
             count += 1
     return count
 
@@ -128,18 +128,20 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
     thousands of connections may come and go, and groups with them.
     """
 
-    __slots__ = ("_name", "_server")
+    __slots__ = ("_name", "_registry")
 
-    def __init__(self, server: WebSocketServer[HeaderT, ProviderT, RemoteT], name: str) -> None:
-        self._server = server
+    def __init__(
+        self, registry: Registry[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]], name: str
+    ) -> None:
+        self._registry = registry
         self._name = name
 
     @property
     def name(self) -> str:
         return self._name
 
-    def _members(self) -> dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]:
-        return self._server._groups.get(self._name, {})
+    def _members(self) -> Mapping[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]:
+        return self._registry.members(self._name)
 
     def add(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> bool:
         """
@@ -152,19 +154,15 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         Raises:
             StateError: the acceptor belongs to another server.
         """
-        if acceptor._server is not self._server:
-            raise StateError("that connection belongs to another server")
         if acceptor.is_closed:
             return False
-        self._server._groups.setdefault(self._name, {})[acceptor.id] = acceptor
-        if acceptor._groups is None:
-            acceptor._groups = set()
-        acceptor._groups.add(self._name)
-        return True
+        if not self._registry.owns(acceptor):
+            raise StateError("that connection belongs to another server")
+        return self._registry.join(self._name, acceptor)
 
     def discard(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
         """Remove ``acceptor`` if it is a member."""
-        self._server._leave(self._name, acceptor)
+        self._registry.leave(self._name, acceptor)
 
     def __contains__(self, acceptor: object) -> bool:
         return any(member is acceptor for member in self._members().values())
@@ -202,7 +200,7 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         logged at DEBUG level and otherwise ignored; ``server.close()`` waits
         for calls still running.
         """
-        return notify(self._server, self, call, timeout)
+        return notify(self._registry, self, call, timeout)
 
     def __repr__(self) -> str:
         return f"<Group {self._name!r} members={len(self)}>"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -18,8 +17,9 @@ from ._options import (
     Options,
     check_timeout,
 )
+from ._registry import LocalRegistry, Registry
 from ._transport import Channel, Listener, TransportName
-from .acceptor import TOKEN, WebSocketAcceptor
+from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
 from .exceptions import StateError
 from .groups import Group, Outcome, broadcast, notify
@@ -147,17 +147,25 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             call_error_log_level=call_error_log_level,
             transport=transport,
         )
-        self._header_timeout = header_timeout
         self._state = ServerState.NONE
         self._server: Listener | None = None
         self._handler: Handler[HeaderT, ProviderT, RemoteT] | None = None
-        self._acceptors: dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = {}
-        self._ids = itertools.count(1)
-        self._codecs: dict[str, Codec] = {}
-        self._groups: dict[str, dict[int, WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]] = {}
+        self._entry = _Entry(self._handle)
+        self._registry: Registry[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = LocalRegistry()
         self._connect_hooks: list[ConnectHook[HeaderT, ProviderT, RemoteT]] = []
         self._disconnect_hooks: list[DisconnectHook[HeaderT, ProviderT, RemoteT]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # What acceptors need of the server. Partials of module functions
+        # over the server's parts, not bound methods: nothing refers back to
+        # the server itself, so a closed server is freed by reference counting.
+        self._side = ServerSide(
+            options=self._options,
+            header_timeout=header_timeout,
+            codec_for=functools.partial(_codec_for_first_frame, self._allowed_codecs, {}),
+            connected=functools.partial(_run_hooks, self._connect_hooks),
+            disconnected=functools.partial(_run_hooks, self._disconnect_hooks),
+            release=self._registry.remove,
+            groups_of=self._registry.groups_of,
+        )
         self._http_handler: HttpHandler | None = None
         self._closed = asyncio.Event()
 
@@ -188,18 +196,20 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         id, and look it up here later to reach that connection again: ids are
         never reused, so an old id never finds a newer connection.
         """
-        return MappingProxyType(self._acceptors)
+        connections = self._registry.connections
+        assert isinstance(connections, MappingProxyType)
+        return connections
 
     # -- groups and broadcast ------------------------------------------------
 
     def group(self, name: str) -> Group[HeaderT, ProviderT, RemoteT]:
         """The group called ``name`` (empty until connections are added to it)."""
-        return Group(self, name)
+        return Group(self._registry, name)
 
     @property
     def groups(self) -> dict[str, Group[HeaderT, ProviderT, RemoteT]]:
         """The groups that have members, by name (a snapshot)."""
-        return {name: Group(self, name) for name in self._groups}
+        return {name: Group(self._registry, name) for name in self._registry.group_names()}
 
     async def broadcast(
         self, call: Callable[[RemoteT], Awaitable[T]], *, timeout: float | None = None
@@ -208,33 +218,14 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Run ``call(driver)`` for every open connection at once; return each
         outcome. See :meth:`Group.broadcast`.
         """
-        return await broadcast(list(self._acceptors.values()), call, timeout)
+        return await broadcast(list(self._registry.connections.values()), call, timeout)
 
     def notify(
         self, call: Callable[[RemoteT], Awaitable[Any]], *, timeout: float | None = None
     ) -> int:
         """Fire and forget ``call(driver)`` to every open connection; see :meth:`Group.notify`."""
-        return notify(self, list(self._acceptors.values()), call, timeout)
-
-    def _leave(self, name: str, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
-        members = self._groups.get(name)
-        if members is not None and members.get(acceptor.id) is acceptor:
-            del members[acceptor.id]
-            if not members:
-                del self._groups[name]  # empty groups cost nothing
-        if acceptor._groups is not None:
-            acceptor._groups.discard(name)
-
-    def _release(self, acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT]) -> None:
-        for name in list(acceptor._groups or ()):
-            self._leave(name, acceptor)
-        if self._acceptors.get(acceptor.id) is acceptor:
-            del self._acceptors[acceptor.id]
-
-    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        registry = self._registry
+        return notify(registry, list(registry.connections.values()), call, timeout)
 
     # -- lifecycle hooks -----------------------------------------------------
 
@@ -261,16 +252,6 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         """
         self._disconnect_hooks.append(hook)
         return hook
-
-    async def _run_connect_hooks(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
-        for hook in self._connect_hooks:
-            await run_hook(hook, acceptor)
-
-    async def _run_disconnect_hooks(
-        self, acceptor: WebSocketAcceptor[Any, Any, Any], info: CloseInfo
-    ) -> None:
-        for hook in self._disconnect_hooks:
-            await run_hook(hook, acceptor, info)
 
     async def open(
         self,
@@ -306,7 +287,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             self._server = await _transport.listen(
                 host,
                 port,
-                self._handle,
+                self._entry,
                 options=self._options,
                 origins=self._origins,
                 http_handler=http_handler,
@@ -322,40 +303,29 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             # Upgraded just as close() began: it will not see this one.
             await channel.close(CloseCode.GOING_AWAY, "server closing")
             return
+        registry = self._registry
         if (
-            len(self._acceptors) >= self._max_connections
+            len(registry.connections) >= self._max_connections
             or len(self._pending_headers) >= self._max_pending_headers
         ):
             # Refused before anything is made for it: a flood of sockets
             # costs at most the caps' worth of connections.
             await channel.close(CloseCode.TRY_AGAIN_LATER, "server busy, try again later")
             return
-        acceptor_id = next(self._ids)
+        acceptor_id = registry.new_id()
         pending = self._pending_headers
         pending.add(acceptor_id)
         # The plain class, not WebSocketAcceptor[...]: a subscripted call
         # would store __orig_class__ on every connection.
         acceptor: WebSocketAcceptor[HeaderT, ProviderT, RemoteT] = WebSocketAcceptor(
-            TOKEN, self, channel, acceptor_id, functools.partial(pending.discard, acceptor_id)
+            TOKEN, self._side, channel, acceptor_id, functools.partial(pending.discard, acceptor_id)
         )
-        self._acceptors[acceptor_id] = acceptor
+        registry.add(acceptor)
         try:
-            await acceptor._run(self._handler, self._header_timeout)
+            await acceptor._run(self._handler)
         finally:
             pending.discard(acceptor_id)
-            self._release(acceptor)
-
-    def _codec_for_first_frame(self, frame: bytes | str) -> Codec | None:
-        # TGrid clients open with a JSON text frame, wsrpc clients with a
-        # binary msgpack frame: one server serves both on the same port.
-        # Connections share the server's codecs (all run on its loop).
-        name: CodecName = "tgrid" if isinstance(frame, str) else "msgpack"
-        if name not in self._allowed_codecs:
-            return None
-        codec = self._codecs.get(name)
-        if codec is None:
-            codec = self._codecs[name] = make_codec(name)
-        return codec
+            registry.remove(acceptor)
 
     async def close(self) -> None:
         """
@@ -376,16 +346,20 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         assert server is not None
         try:
             server.stop_accepting()
-            acceptors = list(self._acceptors.values())
+            acceptors = list(self._registry.connections.values())
             if acceptors:
                 await asyncio.gather(
                     *(a.close(CloseCode.GOING_AWAY, "server closing") for a in acceptors),
                     return_exceptions=True,
                 )
             await server.wait_closed()
-            if self._tasks:  # notifications still running
-                await asyncio.wait(list(self._tasks))
+            await self._registry.wait_idle()  # notifications still running
         finally:
+            # The transport may keep its listener, and what it calls, in
+            # cycles of its own: cut the way back to this server, so that a
+            # closed server is freed by reference counting.
+            self._server = None
+            self._entry.target = None
             self._state = ServerState.CLOSED
             self._closed.set()
 
@@ -399,3 +373,41 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _Entry:
+    """The door the transport calls for each new connection; closed with the server."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Callable[[Channel], Awaitable[None]]) -> None:
+        self.target: Callable[[Channel], Awaitable[None]] | None = target
+
+    async def __call__(self, channel: Channel) -> None:
+        target = self.target
+        if target is None:  # the server is closed
+            await channel.close(CloseCode.GOING_AWAY, "server closing")
+            return
+        await target(channel)
+
+
+def _codec_for_first_frame(
+    allowed: frozenset[CodecName], codecs: dict[str, Codec], frame: bytes | str
+) -> Codec | None:
+    """The codec for a client whose first frame is ``frame``; None if not served."""
+    # TGrid clients open with a JSON text frame, wsrpc clients with a binary
+    # msgpack frame: one server serves both on the same port. Connections
+    # share the server's codecs (``codecs``, a cache: all run on its loop).
+    name: CodecName = "tgrid" if isinstance(frame, str) else "msgpack"
+    if name not in allowed:
+        return None
+    codec = codecs.get(name)
+    if codec is None:
+        codec = codecs[name] = make_codec(name)
+    return codec
+
+
+async def _run_hooks(hooks: Sequence[Callable[..., Any]], *args: Any) -> None:
+    """Run the server's ``on_connect`` or ``on_disconnect`` hooks, in order."""
+    for hook in hooks:
+        await run_hook(hook, *args)

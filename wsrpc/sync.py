@@ -56,7 +56,7 @@ from . import connector as _aio
 from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE
 from ._transport import TransportName
 from ._util import check_close
-from .acceptor import WebSocketAcceptor
+from .acceptor import WebSocketAcceptor, loop_of
 from .codecs import Codec, CodecName
 from .dispatch import is_remote_name
 from .driver import Driver
@@ -659,7 +659,7 @@ class ThreadsafeAcceptor(Generic[SyncRemoteT]):
 
     def __init__(self, acceptor: WebSocketAcceptor[Any, Any, Any]) -> None:
         self._acceptor = acceptor
-        self._portal = _Portal(acceptor._loop, "this acceptor", self._closed_error)
+        self._portal = _Portal(loop_of(acceptor), "this acceptor", self._closed_error)
         self._portal_slot = _PortalSlot(self._portal)
         self._lock = threading.Lock()
         self._driver: SyncDriver | None = None
