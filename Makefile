@@ -25,7 +25,7 @@ $(NODE_DEPS): tests/interop/package-lock.json
 # sans-I/O, typing, example and interop tests do not depend on it.
 TRANSPORT_TESTS := tests/test_calls.py tests/test_close.py tests/test_handshake.py \
 	tests/test_connections.py tests/test_hostile.py tests/test_load.py \
-	tests/test_faults.py tests/test_sync.py
+	tests/test_faults.py tests/test_sync.py tests/test_stalled_peers.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
