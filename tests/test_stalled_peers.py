@@ -185,7 +185,7 @@ async def only_acceptor(server: wsrpc.WebSocketServer[Any, Any, Any]) -> AnyAcce
 
 
 async def test_acceptor_close_ends_within_close_timeout_though_the_peer_reads_nothing() -> None:
-    service, accepted = Service(), []
+    service, accepted = Service(), list[AnyAcceptor]()
     close_timeout = 1 * UNIT
     async with running_server(
         accepting(service, accepted), close_timeout=close_timeout, ping_interval=None
@@ -202,7 +202,7 @@ async def test_acceptor_close_ends_within_close_timeout_though_the_peer_reads_no
 
 
 async def test_keepalive_timeout_ends_a_peer_that_reads_nothing() -> None:
-    service, accepted = Service(), []
+    service, accepted = Service(), list[AnyAcceptor]()
     interval, timeout, close_timeout = 0.5 * UNIT, 0.5 * UNIT, 1 * UNIT
     async with running_server(
         accepting(service, accepted),
@@ -218,7 +218,7 @@ async def test_keepalive_timeout_ends_a_peer_that_reads_nothing() -> None:
 
 
 async def test_server_close_returns_within_close_timeout_with_peers_that_read_nothing() -> None:
-    service, accepted = Service(), []
+    service, accepted = Service(), list[AnyAcceptor]()
     close_timeout = 1 * UNIT
     server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(
         close_timeout=close_timeout, ping_interval=None, stall_timeout=None
@@ -299,15 +299,18 @@ async def test_ping_flood_from_a_peer_that_reads_nothing_costs_bounded_memory() 
                 await flood_until_stuck(sent, total)
                 grown = rss() - before
             # Pongs wait in the write buffer only up to its mark (plus one
-            # read's worth); before, every ping's pong was buffered (+ ~46 MiB).
-            assert grown < 8 * MiB, f"+{grown / MiB:.1f} MiB after {sent[0] / MiB:.1f} MiB of pings"
+            # read's worth; picows also grows its read buffer under a flood, to a few
+            # MiB); before, every ping's pong was buffered (+ ~46 MiB).
+            assert grown < 16 * MiB, (
+                f"+{grown / MiB:.1f} MiB after {sent[0] / MiB:.1f} MiB of pings"
+            )
 
 
 @pytest.mark.parametrize("how", ["pings before the header", "an answer it does not read"])
 async def test_a_peer_that_keeps_the_write_buffer_full_is_aborted_after_stall_timeout(
     how: str,
 ) -> None:
-    service, accepted = Service(), []
+    service, accepted = Service(), list[AnyAcceptor]()
     stall = 1 * UNIT
     async with running_server(
         accepting(service, accepted), stall_timeout=stall, ping_interval=None
@@ -330,7 +333,7 @@ async def test_a_peer_that_keeps_the_write_buffer_full_is_aborted_after_stall_ti
 
 
 async def test_reset_is_noticed_while_reading_is_paused_and_calls_are_cancelled() -> None:
-    service, accepted = Service(), []
+    service, accepted = Service(), list[AnyAcceptor]()
     loop = asyncio.get_running_loop()
     async with running_server(
         accepting(service, accepted), max_concurrent_calls=1, ping_interval=None
