@@ -29,6 +29,7 @@ class Options:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     close_timeout: float = 10.0
+    stall_timeout: float | None = 20.0
     compression: bool = False
     send_tracebacks: bool = False
     call_timeout: float | None = None
@@ -49,6 +50,7 @@ class Options:
         check_timeout(self.ping_timeout, "ping_timeout")
         check_timeout(self.call_timeout, "call_timeout")
         check_timeout(self.close_timeout, "close_timeout")
+        check_timeout(self.stall_timeout, "stall_timeout")
         level = self.call_error_log_level
         if not isinstance(level, int) or isinstance(level, bool) or level > logging.INFO:
             # Any peer can make a provider method raise at will: at WARNING

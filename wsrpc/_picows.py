@@ -22,11 +22,20 @@ websockets would enforce are enforced here:
   begun are dropped: nobody could answer them. For the same reason closing
   resumes reading, which wsrpc may have paused: the answer must get in.
 
-picows answers pings itself (``enable_auto_pong``); its own keepalive is off,
-wsrpc runs one through :meth:`PicowsChannel.ping`. It implements no
+Pings are answered here, not by picows (``enable_auto_pong`` is off): while
+our write buffer is over its high-water mark (aiofastnet's, 64 KiB) only the
+latest ping is answered, once the buffer drains (RFC 6455 5.5.3 allows
+this), so pongs never pile up; a peer that keeps the buffer over the mark
+for ``stall_timeout`` is aborted, its close code
+:data:`~wsrpc._transport.STALL_CODE`. While reading is paused the socket
+is checked every :data:`~wsrpc._transport.LOSS_POLL_INTERVAL` seconds, so
+that a reset is noticed though nothing reads it. picows' own keepalive is
+off, wsrpc runs one through :meth:`PicowsChannel.ping`. It implements no
 extension, hence no compression. It detects wire-level errors (bad opcode,
 unmasked client frame, frame over ``max_frame_size``...) itself: it sends a
-close frame, logs at ERROR on its ``picows.*`` loggers, and disconnects.
+close frame and disconnects, and logs the peer's error through
+:class:`_PeerErrorsAtInfo`, at INFO (picows would log it at ERROR: any
+peer could write to the error log at will).
 
 The opening handshake is picows' own, bounded by :data:`HANDSHAKE_TIMEOUT`
 on both sides. The client opens its TCP socket itself (see :func:`connect`)
@@ -65,7 +74,10 @@ from picows import (
 )
 
 from ._transport import (
+    LOSS_POLL_INTERVAL,
     MAX_FRAGMENTS,
+    STALL_CODE,
+    STALL_REASON,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -73,6 +85,7 @@ from ._transport import (
     Listener,
     LostCallback,
     MessageCallback,
+    socket_gone,
 )
 from .messages import CloseCode
 
@@ -93,6 +106,30 @@ _NO_STATUS = 1005  # a close frame without a code: received only, never on the w
 _READ_BUFFER_SIZE = 2048
 
 _logger = logging.getLogger("wsrpc")
+
+
+class _PeerErrorsAtInfo(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """
+    picows' logger for wsrpc's connections: the same ``picows.*`` logger,
+    but a peer's protocol error (which picows logs at ERROR as "WS parser
+    error: ...") is logged at INFO, as wsrpc logs every peer's violation.
+    Errors of wsrpc's own callbacks stay at ERROR.
+
+    Given to picows as a logger-like object, it also spares each connection
+    the child ``Logger`` picows would make for it.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and isinstance(msg, str) and msg.startswith("WS parser error"):
+            level = logging.INFO
+        super().log(level, msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+
+_SERVER_LOGGER = _PeerErrorsAtInfo(logging.getLogger("picows.server"), {})
+_CLIENT_LOGGER = _PeerErrorsAtInfo(logging.getLogger("picows.client"), {})
 
 
 class PicowsChannel(Channel, WSListener):
@@ -118,18 +155,22 @@ class PicowsChannel(Channel, WSListener):
         "_gone_waiters",
         "_held",
         "_loop",
+        "_loss_timer",
         "_max_size",
         "_on_close_frame",
         "_on_connected",
         "_on_lost",
         "_on_message",
         "_peer_first",
+        "_pending_pong",
         "_pings",
         "_reading_paused",
         "_reaper",
         "_received",
         "_remote_ip",
         "_sent",
+        "_stall_timeout",
+        "_stall_timer",
         "_transport",
         "_writing_paused",
     )
@@ -141,11 +182,16 @@ class PicowsChannel(Channel, WSListener):
         *,
         max_message_size: int,
         close_timeout: float,
+        stall_timeout: float | None = None,
         on_connected: Callable[[PicowsChannel], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._max_size = max_message_size
         self._close_timeout = close_timeout
+        self._stall_timeout = stall_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._loss_timer: asyncio.TimerHandle | None = None
         self._on_connected = on_connected
         self._remote_ip = ""
         # receiving
@@ -202,7 +248,12 @@ class PicowsChannel(Channel, WSListener):
             if not pings:
                 self._pings = None  # keepalive pings every connection: free it between pings
         elif msg_type is _PING:
-            pass  # never comes: picows answers pings itself (enable_auto_pong)
+            if self._closing or transport.is_close_frame_sent:
+                return
+            if self._writing_paused:
+                self._pending_pong = frame.get_payload_as_bytes()  # only the latest is answered
+            else:
+                transport.send_pong(frame.get_payload_as_bytes())
         elif not (self._closing or transport.is_close_frame_sent):
             self._data_frame(frame, msg_type)
 
@@ -210,11 +261,13 @@ class PicowsChannel(Channel, WSListener):
         self._closing = True
         self._fragments = None
         self._writing_paused = False
+        self._pending_pong = None
         _wake(self._drain_waiters)
         self._drain_waiters = None
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-            self._abort_timer = None
+        for timer in (self._abort_timer, self._stall_timer, self._loss_timer):
+            if timer is not None:
+                timer.cancel()
+        self._abort_timer = self._stall_timer = self._loss_timer = None
         pings, self._pings = self._pings, None
         if pings:
             error = self._closed_error()
@@ -235,11 +288,32 @@ class PicowsChannel(Channel, WSListener):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self._stall_timeout is not None and self._stall_timer is None and not self._gone:
+            self._stall_timer = self._loop.call_later(self._stall_timeout, self._stalled)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        pong, self._pending_pong = self._pending_pong, None
+        if pong is not None and not (self._closing or self._transport.is_close_frame_sent):
+            self._transport.send_pong(pong)
         _wake(self._drain_waiters)
         self._drain_waiters = None
+
+    def _stalled(self) -> None:
+        """The peer kept the write buffer over its mark for ``stall_timeout``."""
+        self._stall_timer = None
+        _logger.info(
+            "closing connection: the peer read nothing for %s s (write buffer full)",
+            self._stall_timeout,
+        )
+        if self._sent is None and not self._transport.is_close_frame_sent:
+            # Recorded as ours (close_frames), never sent: it would wait
+            # behind what the peer does not read.
+            self._sent = (STALL_CODE, STALL_REASON)
+        self.abort()
 
     # -- receiving --------------------------------------------------------------
 
@@ -337,11 +411,26 @@ class PicowsChannel(Channel, WSListener):
         if not self._reading_paused and not self._gone:
             self._reading_paused = True
             self._transport.underlying_transport.pause_reading()
+            self._loss_timer = self._loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
 
     def resume_reading(self) -> None:
         if self._reading_paused and not self._gone:
             self._reading_paused = False
             self._transport.underlying_transport.resume_reading()
+            if self._loss_timer is not None:
+                self._loss_timer.cancel()
+                self._loss_timer = None
+
+    def _check_lost(self) -> None:
+        """While reading is paused: has the peer reset or closed the connection?"""
+        self._loss_timer = None
+        if self._gone or not self._reading_paused:
+            return
+        underlying = self._transport.underlying_transport
+        if socket_gone(underlying.get_extra_info("socket")):
+            self.abort()  # on_ws_disconnected reports it
+            return
+        self._loss_timer = self._loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
 
     # -- sending ----------------------------------------------------------------
 
@@ -536,11 +625,26 @@ class PicowsListener(Listener):
         await channel.close(code, "")
 
 
-def _origin_allowed(request: WSUpgradeRequest, origins: Sequence[str | None]) -> bool:
+def _origin_refusal(
+    request: WSUpgradeRequest, origins: Sequence[str | None] | None
+) -> WSUpgradeResponse | None:
+    """
+    The answer to a request whose ``Origin`` is refused, else None: 403 for
+    an origin not in ``origins``; 400 for a request with several ``Origin``
+    headers, whatever ``origins`` (RFC 6454 7.3: a user agent sends at most
+    one; websockets answers 400 too).
+    """
     values = request.headers.getall("Origin", [])
+    refusal: WSUpgradeResponse | None = None
     if len(values) > 1:
-        return False
-    return (values[0] if values else None) in origins
+        refusal = WSUpgradeResponse.create_error_response(
+            HTTPStatus.BAD_REQUEST, b"Several Origin headers"
+        )
+    elif origins is not None and (values[0] if values else None) not in origins:
+        refusal = WSUpgradeResponse.create_error_response(
+            HTTPStatus.FORBIDDEN, b"Origin not allowed"
+        )
+    return refusal
 
 
 async def listen(
@@ -550,6 +654,7 @@ async def listen(
     *,
     max_message_size: int,
     close_timeout: float,
+    stall_timeout: float | None = None,
     origins: Sequence[str | None] | None = None,
 ) -> Listener:
     """
@@ -559,20 +664,20 @@ async def listen(
     own; when it returns the channel is closed with 1000, when it raises
     (logged on the ``wsrpc`` logger) with 1011. With ``origins``, a request
     whose Origin header is not listed (``None`` admits requests without one)
-    gets HTTP 403 and never becomes a channel.
+    gets HTTP 403 and never becomes a channel; one with several Origin
+    headers gets HTTP 400, with or without ``origins``.
     """
     listener = PicowsListener(on_channel)
     spawn = listener._spawn  # bound once: a bound method per channel would cost 64 bytes
 
     def upgrade(request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
-        if origins is not None and not _origin_allowed(request, origins):
-            refusal = WSUpgradeResponse.create_error_response(
-                HTTPStatus.FORBIDDEN, b"Origin not allowed"
-            )
+        refusal = _origin_refusal(request, origins)
+        if refusal is not None:
             return WSUpgradeResponseWithListener(refusal, None)
         return PicowsChannel(
             max_message_size=max_message_size,
             close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
             on_connected=spawn,
         )
 
@@ -581,8 +686,9 @@ async def listen(
         host,
         port,
         websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+        logger_name=_SERVER_LOGGER,
         enable_auto_ping=False,
-        enable_auto_pong=True,
+        enable_auto_pong=False,  # see on_ws_frame
         max_frame_size=max_message_size,
         read_buffer_init_size=_READ_BUFFER_SIZE,
     )
@@ -628,6 +734,7 @@ async def connect(
     additional_headers: Sequence[tuple[str, str]] = (),
     max_message_size: int,
     close_timeout: float,
+    stall_timeout: float | None = None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel (not started) and the
@@ -645,7 +752,11 @@ async def connect(
     sockets: list[socket.socket] = []
 
     def make_channel(request: WSUpgradeRequest, response: WSUpgradeResponse) -> PicowsChannel:
-        channel = PicowsChannel(max_message_size=max_message_size, close_timeout=close_timeout)
+        channel = PicowsChannel(
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
+        )
         made.append(channel)
         return channel
 
@@ -659,8 +770,9 @@ async def connect(
             make_channel,
             url,
             websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+            logger_name=_CLIENT_LOGGER,
             enable_auto_ping=False,
-            enable_auto_pong=True,
+            enable_auto_pong=False,  # see on_ws_frame
             max_frame_size=max_message_size,
             read_buffer_init_size=_READ_BUFFER_SIZE,
             extra_headers=list(additional_headers),

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -44,6 +46,21 @@ TransportName = Literal["websockets", "picows"]
 
 MAX_FRAGMENTS = 4096
 """Most fragments in one message (websockets' own cap); more close with 1009."""
+
+LOSS_POLL_INTERVAL = 0.5
+"""
+Seconds between checks of the socket while reading is paused (see
+:func:`socket_gone`): a connection reset or closed by the peer is noticed
+within this, plus the event loop's latency, though nothing reads it.
+"""
+
+STALL_CODE = 1008
+"""The close code of a peer that kept our write buffer full (see ``stall_timeout``)."""
+STALL_REASON = "peer not reading"
+
+# Linux reports a TCP socket's state (tcp_info.tcpi_state, its first byte).
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
 
 MessageCallback = Callable[[bytes | str], None]
 CloseFrameCallback = Callable[[int, str], None]
@@ -214,6 +231,30 @@ class Listener(abc.ABC):
         """Wait until the listening sockets are closed."""
 
 
+def socket_gone(sock: object) -> bool:
+    """
+    Whether the kernel knows that the connection of ``sock`` is gone: reset
+    (``SO_ERROR`` set, portable), or, on Linux, reset or closed by the peer
+    (TCP state ``CLOSE`` or ``CLOSE_WAIT``), whether or not data is left to
+    read. Reads nothing: for a socket whose reading is paused.
+
+    ``sock`` is what a transport's ``get_extra_info("socket")`` returns;
+    None (no socket) counts as not gone.
+    """
+    getsockopt = getattr(sock, "getsockopt", None)
+    if getsockopt is None:
+        return False
+    try:
+        if getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return True
+        if _TCP_INFO is not None:
+            state = getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)
+            return bool(state) and state[0] in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+    except OSError:
+        return True  # closed under us
+    return False
+
+
 # -- picking the transport ---------------------------------------------------------
 
 _FAST_MISSING = "transport='picows' needs picows: pip install 'wsrpc[fast]'"
@@ -237,6 +278,7 @@ async def listen(
             port,
             on_channel,
             options=options.websockets_kwargs(),
+            stall_timeout=options.stall_timeout,
             origins=origins,
             http_handler=http_handler,
         )
@@ -252,6 +294,7 @@ async def listen(
         on_channel,
         max_message_size=options.max_message_size,
         close_timeout=options.close_timeout,
+        stall_timeout=options.stall_timeout,
         origins=origins,
     )
 
@@ -271,7 +314,10 @@ async def connect(
         from . import _websockets
 
         return await _websockets.connect(
-            url, additional_headers=additional_headers, options=options.websockets_kwargs()
+            url,
+            additional_headers=additional_headers,
+            options=options.websockets_kwargs(),
+            stall_timeout=options.stall_timeout,
         )
     try:
         from . import _picows
@@ -282,4 +328,5 @@ async def connect(
         additional_headers=additional_headers,
         max_message_size=options.max_message_size,
         close_timeout=options.close_timeout,
+        stall_timeout=options.stall_timeout,
     )

@@ -9,8 +9,22 @@ queue and a message costs no task wake-up of its own. Control frames (ping,
 pong, close) and the opening handshake stay websockets' business.
 
 websockets still enforces its frame-level limits: ``max_size`` over whole
-messages (fragments included), UTF-8 in close reasons, the closing handshake
-and its timeout.
+messages (fragments included), UTF-8 in close reasons, and runs the closing
+handshake. Its time limits are wsrpc's, so that none waits on a peer that
+stopped reading (websockets' ``close()`` drains the write buffer before its
+close timeout starts):
+
+* every close ends within ``close_timeout`` of its start (our close frame,
+  the peer's, a protocol error websockets caught, an EOF): the transport is
+  aborted then;
+* while our write buffer is over its high-water mark (``write_limit``,
+  32 KiB) the peer's pings get no pong each: the latest one is answered
+  when the buffer drains (RFC 6455 5.5.3 allows this), so pongs never pile
+  up; a peer that keeps the buffer over the mark for ``stall_timeout`` is
+  aborted, its close code :data:`~wsrpc._transport.STALL_CODE`;
+* while reading is paused, the socket is checked every
+  :data:`~wsrpc._transport.LOSS_POLL_INTERVAL` seconds, so that a reset is
+  noticed though nothing reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import http
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -25,15 +40,20 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import Event, State
+from websockets.protocol import Event, Protocol, State
+from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Origin
 
 from ._transport import (
+    LOSS_POLL_INTERVAL,
     MAX_FRAGMENTS,
+    STALL_CODE,
+    STALL_REASON,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -41,6 +61,7 @@ from ._transport import (
     Listener,
     LostCallback,
     MessageCallback,
+    socket_gone,
 )
 from .http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
 from .messages import CloseCode
@@ -48,8 +69,11 @@ from .messages import CloseCode
 __all__ = ["WebsocketsChannel", "connect", "listen"]
 
 _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
-_OPEN = State.OPEN
+_PONG = Opcode.PONG
+_OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _READ_SIZE = 64 * 1024
+
+_logger = logging.getLogger("wsrpc")
 
 
 def _shrink_reads(transport: asyncio.BaseTransport) -> None:
@@ -68,22 +92,34 @@ class WebsocketsChannel(Channel):
     """A :class:`Channel` over one websockets connection."""
 
     __slots__ = (
+        "_abort_timer",
         "_closing_soon",
         "_closing_task",
         "_fragments",
         "_fragments_text",
         "_gone",
         "_held",
+        "_loss_timer",
         "_on_close_frame",
         "_on_lost",
         "_on_message",
+        "_pending_pong",
         "_ping_task",
         "_reading_paused",
+        "_stall_timeout",
+        "_stall_timer",
+        "_transport_paused",
         "ws",
     )
 
-    def __init__(self, ws: Connection) -> None:
+    def __init__(self, ws: Connection, stall_timeout: float | None = None) -> None:
         self.ws = ws
+        self._stall_timeout = stall_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._loss_timer: asyncio.TimerHandle | None = None
+        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._transport_paused = False  # the owner's pause, as applied to the transport
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
@@ -174,6 +210,11 @@ class WebsocketsChannel(Channel):
 
     def _connection_lost(self) -> None:
         self._gone = True
+        self._pending_pong = None
+        for timer in (self._abort_timer, self._stall_timer, self._loss_timer):
+            if timer is not None:
+                timer.cancel()
+        self._abort_timer = self._stall_timer = self._loss_timer = None
         on_lost = self._on_lost
         self._drop_callbacks()
         if on_lost is not None:
@@ -182,12 +223,90 @@ class WebsocketsChannel(Channel):
     def pause_reading(self) -> None:
         if not self._reading_paused:
             self._reading_paused = True
-            self.ws.transport.pause_reading()
+            self._apply_reading()
 
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self.ws.transport.resume_reading()
+            self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        # The owner's pause holds while the connection is open; once closing,
+        # only the peer's close frame is left to read (data frames are dropped).
+        paused = self._reading_paused and self.ws.protocol.state is _OPEN and not self._gone
+        if paused is self._transport_paused:
+            return
+        self._transport_paused = paused
+        transport = self.ws.transport
+        if paused:
+            transport.pause_reading()
+            self._loss_timer = self.ws.loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
+        else:
+            if not transport.is_closing():
+                transport.resume_reading()
+            if self._loss_timer is not None:
+                self._loss_timer.cancel()
+                self._loss_timer = None
+
+    def _check_lost(self) -> None:
+        """While reading is paused: has the peer reset or closed the connection?"""
+        self._loss_timer = None
+        transport = self.ws.transport
+        if self._gone or not self._transport_paused:
+            return
+        if socket_gone(transport.get_extra_info("socket")):
+            transport.abort()  # connection_lost reports it
+            return
+        self._loss_timer = self.ws.loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
+
+    # -- the write bound -----------------------------------------------------------
+
+    def _pong_held(self, frame: Frame) -> bool:
+        """Whether to hold ``frame``, a pong websockets is about to write."""
+        if not self.ws.paused:
+            return False
+        self._pending_pong = bytes(frame.data)  # only the latest one is answered
+        return True
+
+    def _writing_paused(self) -> None:
+        # The write buffer went over its high-water mark.
+        if self._stall_timeout is not None and self._stall_timer is None and not self._gone:
+            self._stall_timer = self.ws.loop.call_later(self._stall_timeout, self._stalled)
+
+    def _writing_resumed(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        pong, self._pending_pong = self._pending_pong, None
+        protocol = self.ws.protocol
+        if pong is not None and (protocol.state is _OPEN or protocol.state is _CLOSING):
+            protocol.send_pong(pong)
+            try:
+                self.ws.send_data()
+            except Exception:  # pragma: no cover - the transport reports it
+                self.ws.transport.abort()
+
+    def _stalled(self) -> None:
+        """The peer kept the write buffer over its mark for ``stall_timeout``."""
+        self._stall_timer = None
+        ws = self.ws
+        _logger.info(
+            "closing connection: the peer read nothing for %s s (write buffer full)",
+            self._stall_timeout,
+        )
+        if ws.protocol.state is _OPEN:
+            # Recorded as ours (close_frames), never delivered: it would wait
+            # behind what the peer does not read.
+            ws.protocol.send_close(STALL_CODE, STALL_REASON)
+        ws.transport.abort()
+
+    def _closing_started(self) -> None:
+        """The closing handshake began, either way, or the peer's EOF came: bound it."""
+        if self._abort_timer is None and not self._gone:
+            timeout = self.ws.close_timeout
+            if timeout is not None:
+                self._abort_timer = self.ws.loop.call_later(timeout, self.abort)
+        self._apply_reading()
 
     # -- sending ----------------------------------------------------------------
 
@@ -240,7 +359,18 @@ class WebsocketsChannel(Channel):
     # -- closing ------------------------------------------------------------------
 
     async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
+        # Not websockets' close(): it drains the write buffer before its close
+        # timeout starts, so a peer that stops reading would hold it for ever.
+        ws = self.ws
+        if not self._gone:
+            if ws.protocol.state is _OPEN and not ws.transport.is_closing():
+                ws.protocol.send_close(code, reason)
+                try:
+                    ws.send_data()
+                except Exception:  # the socket failed: nothing to wait for
+                    ws.transport.abort()
+            self._closing_started()
+        await self.wait_closed()
 
     def abort(self) -> None:
         self.ws.transport.abort()
@@ -285,15 +415,64 @@ class WebsocketsChannel(Channel):
         return list(request.headers.raw_items()) if request is not None else []
 
 
+class _HoldsPongs(Protocol):
+    """A websockets protocol that lets its channel hold pongs (see ``_pong_held``)."""
+
+    channel: WebsocketsChannel
+
+    def send_frame(self, frame: Frame) -> None:
+        if frame.opcode is _PONG and self.channel._pong_held(frame):
+            return
+        super().send_frame(frame)
+
+
+class _ServerProtocol(_HoldsPongs, ServerProtocol):
+    pass
+
+
+class _ClientProtocol(_HoldsPongs, ClientProtocol):
+    pass
+
+
 class _Hooked(Connection):
     """The frame hooks, for either side: mixed in before the side's own class."""
 
     channel: WebsocketsChannel
+    stall_timeout: float | None = None
+    """Set on a subclass per server or client (see :func:`_connection_class`)."""
+
+    def __init__(self, protocol: Protocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        self.channel = WebsocketsChannel(self, self.stall_timeout)
+        # websockets makes the protocol; make it hold pongs. Same layout, so
+        # changing its class costs nothing per connection.
+        if isinstance(protocol, ServerProtocol):
+            protocol.__class__ = _ServerProtocol
+        elif isinstance(protocol, ClientProtocol):
+            protocol.__class__ = _ClientProtocol
+        cast(_HoldsPongs, protocol).channel = self.channel
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         _shrink_reads(transport)
-        self.channel = WebsocketsChannel(self)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.protocol.state
+        if state is _CLOSING or state is _CLOSED:  # a close frame, an error, an EOF
+            self.channel._closing_started()
+
+    def eof_received(self) -> None:
+        super().eof_received()
+        self.channel._closing_started()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.channel._writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.channel._writing_resumed()
 
     def process_event(self, event: Event) -> None:
         # On every frame: keep the common case to a few identity tests.
@@ -322,6 +501,13 @@ class _ClientConnection(_Hooked, ClientConnection):
     pass
 
 
+def _connection_class(
+    base: type[_ServerConnection] | type[_ClientConnection], stall_timeout: float | None
+) -> Any:
+    """``base`` with its channels' ``stall_timeout``."""
+    return type(base.__name__, (base,), {"stall_timeout": stall_timeout})
+
+
 # -- the server ------------------------------------------------------------------
 
 
@@ -348,6 +534,7 @@ async def listen(
     on_channel: Callable[[Channel], Awaitable[None]],
     *,
     options: dict[str, Any],
+    stall_timeout: float | None,
     origins: Sequence[str | None] | None,
     http_handler: HttpHandler | None,
 ) -> Listener:
@@ -377,7 +564,7 @@ async def listen(
         host,
         port,
         origins=None if origins is None else [cast(Origin | None, o) for o in origins],
-        create_connection=_ServerConnection,
+        create_connection=_connection_class(_ServerConnection, stall_timeout),
         process_request=process_request if http_handler is not None else None,
         process_response=process_response if http_handler is not None else None,
         **options,
@@ -408,6 +595,7 @@ async def connect(
     *,
     additional_headers: Sequence[tuple[str, str]],
     options: dict[str, Any],
+    stall_timeout: float | None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel and the response headers.
@@ -421,7 +609,7 @@ async def connect(
             url,
             open_timeout=None,
             additional_headers=list(additional_headers),
-            create_connection=_ClientConnection,
+            create_connection=_connection_class(_ClientConnection, stall_timeout),
             **options,
         )
     except WebSocketException as exc:

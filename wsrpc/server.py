@@ -74,7 +74,14 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             disables keepalive).
         ping_timeout: Seconds to wait for a pong before the connection is
             deemed dead and closed with 1011 (default 20).
-        close_timeout: Seconds to wait for the closing handshake (default 10).
+        close_timeout: Seconds any close may take, from its start (our close
+            frame, the client's, or the end of its stream) to the socket's
+            release (default 10): a client that does not complete the
+            closing handshake by then, or reads nothing, is aborted.
+        stall_timeout: Seconds a client may keep the server's write buffer
+            over its high-water mark, reading nothing of what it is sent,
+            before it is aborted with 1008 (default 20; None: no limit, the
+            keepalive alone catches it).
         compression: Negotiate permessage-deflate (default False: small RPC
             messages rarely gain from it and it costs latency and memory).
         send_tracebacks: Include provider tracebacks in error replies
@@ -117,6 +124,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float = 10.0,
+        stall_timeout: float | None = 20.0,
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
@@ -141,6 +149,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
