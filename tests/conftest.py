@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -100,3 +101,13 @@ def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     finally:
         logger.removeHandler(recorder)
     assert not recorder.records, [record.getMessage() for record in recorder.records]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the hostile-input figures (latency, memory) if those tests ran."""
+    hostile = sys.modules.get("tests.test_hostile")
+    lines = hostile.report_lines() if hostile is not None else []
+    if lines:
+        terminalreporter.section("hostile input: measured")
+        for line in lines:
+            terminalreporter.write_line(line)

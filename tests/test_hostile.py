@@ -1688,26 +1688,27 @@ async def test_hostile_server_bad_accept_fails_connect(
 # -- the report ------------------------------------------------------------------------
 
 
-def test_zz_report(capsys: pytest.CaptureFixture[str]) -> None:
-    """Print what the tests above measured (it runs last: pytest keeps file order)."""
-    with capsys.disabled():
-        print()
-        if LATENCIES:
-            worst = sorted(LATENCIES, key=lambda item: item[1], reverse=True)
-            print(f"answer latency, {len(LATENCIES)} cases: max {worst[0][1] * 1000:.1f} ms")
-            for name, seconds in worst[:12]:
-                print(f"  {seconds * 1000:8.1f} ms  {name}")
-            slow = [name for name, seconds in LATENCIES if seconds > 0.1]
-            print(f"  over 100 ms: {len(slow)}")
-        if STALLS:
-            worst_stall = max(STALLS, key=lambda item: item[1])
-            print(
-                f"longest honest call during a case: {worst_stall[1] * 1000:.1f} ms "
-                f"({worst_stall[0]})"
-            )
-        if MEMORY:
-            print(f"memory peak per case (tracemalloc, whole process), {len(MEMORY)} cases:")
-            for name, size in sorted(MEMORY, key=lambda item: item[1], reverse=True)[:12]:
-                print(f"  {size / MiB:8.2f} MiB  {name}")
-        if SILENT:
-            print("silent sockets: " + ", ".join(f"{k}={v:.6g}" for k, v in SILENT.items()))
+def report_lines() -> list[str]:
+    """
+    What the tests above measured, for the end of the run (tests/conftest.py
+    prints it from pytest's terminal summary, whatever order the tests ran in).
+    """
+    lines: list[str] = []
+    if LATENCIES:
+        worst = sorted(LATENCIES, key=lambda item: item[1], reverse=True)
+        lines.append(f"answer latency, {len(LATENCIES)} cases: max {worst[0][1] * 1000:.1f} ms")
+        lines += [f"  {seconds * 1000:8.1f} ms  {name}" for name, seconds in worst[:12]]
+        slow = [name for name, seconds in LATENCIES if seconds > 0.1]
+        lines.append(f"  over 100 ms: {len(slow)}")
+    if STALLS:
+        worst_stall = max(STALLS, key=lambda item: item[1])
+        lines.append(
+            f"longest honest call during a case: {worst_stall[1] * 1000:.1f} ms ({worst_stall[0]})"
+        )
+    if MEMORY:
+        lines.append(f"memory peak per case (tracemalloc, whole process), {len(MEMORY)} cases:")
+        for name, size in sorted(MEMORY, key=lambda item: item[1], reverse=True)[:12]:
+            lines.append(f"  {size / MiB:8.2f} MiB  {name}")
+    if SILENT:
+        lines.append("silent sockets: " + ", ".join(f"{k}={v:.6g}" for k, v in SILENT.items()))
+    return lines

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from wsrpc import CloseCode, EncodeError, MsgpackCodec, RemoteError
-from wsrpc.exceptions import ProtocolError
+from wsrpc.exceptions import ProtocolError, StateError
 from wsrpc.messages import Accept, Call, Cancel, Error, Header, Message, Return
 from wsrpc.protocol import Phase, RpcProtocol, Side
 
@@ -159,13 +159,13 @@ def test_receive_accept_with_non_accept(message: Message) -> None:
 
 def test_handshake_methods_on_the_wrong_side() -> None:
     client, server = make(Side.CLIENT), make(Side.SERVER)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         server.send_header(None)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.receive_header(frame_of(Header(None)))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.send_accept()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         server.receive_accept(frame_of(Accept()))
     # None of that changed their state.
     assert client.phase is Phase.HANDSHAKE and server.phase is Phase.HANDSHAKE
@@ -173,20 +173,20 @@ def test_handshake_methods_on_the_wrong_side() -> None:
 
 def test_handshake_methods_after_open() -> None:
     client, server = open_pair()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.send_header(None)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.receive_accept(frame_of(Accept()))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         server.send_accept()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         server.receive_header(frame_of(Header(None)))
 
 
 @pytest.mark.parametrize("side", [Side.CLIENT, Side.SERVER])
 def test_receive_before_open(side: Side) -> None:
     protocol = make(side)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         protocol.receive(frame_of(Call(1, "f", [])))
     assert protocol.incoming == set()
 
@@ -194,14 +194,14 @@ def test_receive_before_open(side: Side) -> None:
 def test_receive_on_client_waiting_for_accept() -> None:
     client = make(Side.CLIENT)
     client.send_header(None)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         client.receive(frame_of(Return(1, None)))
 
 
 def test_receive_on_server_that_read_the_header_but_not_accepted() -> None:
     server = make(Side.SERVER)
     server.receive_header(frame_of(Header(None)))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StateError):
         server.receive(frame_of(Call(1, "f", [])))
 
 
@@ -216,7 +216,7 @@ def test_handshake_messages_while_open(message: Message) -> None:
 
 def test_runtime_errors_are_not_wsrpc_protocol_errors() -> None:
     # Misuse of the core by wsrpc itself is a bug, not the peer's fault.
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(StateError) as info:
         make(Side.SERVER).send_header(None)
     assert not isinstance(info.value, ProtocolError)
 

@@ -19,6 +19,7 @@ import msgpack
 from ._msgpack_scan import MAX_DEPTH, Refused, check_declared
 from .exceptions import EncodeError, ProtocolError
 from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
+from .tgrid import TgridCodec
 
 __all__ = ["PROTOCOL_VERSION", "Codec", "CodecName", "MsgpackCodec", "make_codec"]
 
@@ -274,8 +275,6 @@ def make_codec(spec: CodecName | Codec) -> Codec:
         if spec == "msgpack":
             return MsgpackCodec()
         if spec == "tgrid":
-            from .tgrid import TgridCodec  # tgrid imports this module
-
             return TgridCodec()
         raise ValueError(f"unknown codec {spec!r}; use 'msgpack' or 'tgrid'")
     return spec

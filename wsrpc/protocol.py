@@ -34,7 +34,7 @@ import traceback
 from typing import Any
 
 from .codecs import Codec
-from .exceptions import EncodeError, ProtocolError, RemoteError
+from .exceptions import EncodeError, ProtocolError, RemoteError, StateError
 from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Return
 
 __all__ = ["Phase", "RpcProtocol", "Side"]
@@ -129,7 +129,7 @@ class RpcProtocol:
 
     def _expect(self, side: Side, phase: Phase) -> None:
         if self.side is not side or self.phase is not phase:
-            raise RuntimeError(f"not allowed for a {self.side.value} in phase {self.phase.value}")
+            raise StateError(f"not allowed for a {self.side.value} in phase {self.phase.value}")
 
     # -- open: sending -------------------------------------------------------
 
@@ -146,9 +146,10 @@ class RpcProtocol:
         Raises:
             EncodeError: an argument cannot be encoded, or the frame would be
                 larger than the peer accepts. No id is consumed then.
+            StateError: the handshake has not completed (a misuse).
         """
         if self.phase is not Phase.OPEN:
-            raise RuntimeError("send_call() before the handshake completed")
+            raise StateError("send_call() before the handshake completed")
         uid = self._next_uid
         frame = self.codec.encode(Call(uid, path, args, kwargs, parent))
         limit = self.peer_max_size
@@ -250,7 +251,7 @@ class RpcProtocol:
                 reuses the id of a call still running.
         """
         if self.phase is not Phase.OPEN:
-            raise RuntimeError("receive() before the handshake completed")
+            raise StateError("receive() before the handshake completed")
         message = self.codec.decode(frame)
         kind = type(message)
         if kind is Call:
