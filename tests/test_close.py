@@ -235,3 +235,46 @@ async def test_handler_outliving_its_connection_is_cancelled_after_close_timeout
             await cancelled.wait()
         async with asyncio.timeout(5 * UNIT):
             await server.close()
+
+
+async def test_server_close_is_bounded_however_the_hooks_behave(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Close hooks that never return: server.close() still ends, each step of
+    # its sequence (close frames, unwinding calls, hooks, the handlers' grace)
+    # bounded by close_timeout; the hooks are cancelled and logged.
+    close_timeout = 0.3 * UNIT
+    hung: list[str] = []
+
+    async def hang(*args: Any) -> None:
+        hung.append("hook")
+        await asyncio.Event().wait()
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        acceptor.on_closed(hang)
+        await acceptor.accept(Hold())
+        await asyncio.Event().wait()  # a handler that outlives its connection
+
+    server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(
+        close_timeout=close_timeout
+    )
+    server.on_disconnect(hang)
+    await server.open(0, handler)
+    connectors = []
+    for _ in range(3):
+        connector: wsrpc.WebSocketConnector[None, None, Any] = wsrpc.WebSocketConnector(
+            None, close_timeout=close_timeout
+        )
+        connector.on_closed(hang)
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        connectors.append(connector)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(server.close(), 4 * close_timeout + 5 * UNIT)
+    assert server.state is wsrpc.ServerState.CLOSED
+    for connector in connectors:  # the clients' own hooks are bounded too
+        info = await asyncio.wait_for(connector.join(), 2 * close_timeout + 5 * UNIT)
+        assert info.code == 1001
+    assert loop.time() - started < 6 * close_timeout + 5 * UNIT
+    assert hung.count("hook") == 3 + 3  # on_closed ran for the 3 clients, each side
+    assert any("still running after close_timeout" in r.getMessage() for r in caplog.records)

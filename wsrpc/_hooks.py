@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from .states import CloseInfo
 
-__all__ = ["CloseRequestHook", "ClosedHook", "call_hook_soon", "run_hook"]
+__all__ = ["CloseRequestHook", "ClosedHook", "call_hook_soon", "run_hook", "run_within"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -30,6 +30,21 @@ async def run_hook(hook: Callable[..., Awaitable[None] | None], *args: Any) -> N
             await result
     except Exception:
         logger.exception("error in hook %r", hook)
+
+
+async def run_within(work: Awaitable[None], timeout: float, what: str) -> None:
+    """
+    Await ``work`` (close hooks) for at most ``timeout`` seconds, then cancel it.
+
+    A close must end within a bound however the application's hooks behave:
+    hooks still running then are cancelled and logged (at WARNING: it is the
+    application's own code, not something a peer chose).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await work
+    except TimeoutError:
+        logger.warning("%s still running after close_timeout (%s s): cancelled", what, timeout)
 
 
 _hook_tasks: set[asyncio.Task[None]] = set()

@@ -10,8 +10,14 @@ from ._transport import TransportName
 
 __all__ = ["Options", "check_timeout"]
 
+# The defaults, written once: the constructors' signatures use these names.
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
 DEFAULT_MAX_CONCURRENT_CALLS = 128
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 20.0
+DEFAULT_CLOSE_TIMEOUT = 10.0
+DEFAULT_STALL_TIMEOUT = 20.0
+DEFAULT_CALL_ERROR_LOG_LEVEL = logging.INFO
 
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> None:
@@ -26,14 +32,14 @@ class Options:
 
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    close_timeout: float = 10.0
-    stall_timeout: float | None = 20.0
+    ping_interval: float | None = DEFAULT_PING_INTERVAL
+    ping_timeout: float | None = DEFAULT_PING_TIMEOUT
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
     compression: bool = False
     send_tracebacks: bool = False
     call_timeout: float | None = None
-    call_error_log_level: int = logging.INFO
+    call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL
     transport: TransportName = "websockets"
 
     def __post_init__(self) -> None:

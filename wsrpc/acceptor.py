@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
 from ._communicator import Communicator, close_info_of, why_closed
-from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
+from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook, run_within
 from ._options import Options
 from ._transport import Channel, ChannelClosed
 from ._util import check_close
@@ -107,9 +107,11 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._closed_hooks: list[ClosedHook[Self]] = []
         self._in_close_hooks = False
         self._connecting: asyncio.Future[None] | None = None
-        # The first message (the header) and who waits for it.
-        self._first: bytes | str | None = None
-        self._first_waiter: asyncio.Future[None] | None = None
+        # The first message (the header): whether it came, the frame until it
+        # is decoded, and who waits for it.
+        self._header_arrived = False
+        self._header_frame: bytes | str | None = None
+        self._header_waiter: asyncio.Future[None] | None = None
         self._gone: asyncio.Future[None] | None = None  # lost while deciding
         self._violation: asyncio.Task[None] | None = None
         channel.start(self._on_handshake_message, self._on_handshake_lost, self._on_close_frame)
@@ -384,13 +386,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         return hook
 
     def _on_handshake_message(self, data: bytes | str) -> None:
-        if self._first is None:
-            self._first = data
+        if not self._header_arrived:
+            self._header_arrived = True
+            self._header_frame = data
             on_header, self._on_header = self._on_header, None
             if on_header is not None:
                 on_header()  # no longer counts against max_pending_headers
-            if self._first_waiter is not None and not self._first_waiter.done():
-                self._first_waiter.set_result(None)
+            if self._header_waiter is not None and not self._header_waiter.done():
+                self._header_waiter.set_result(None)
         elif self._violation is None and not self._channel.is_closing:
             # A message after the header, before accept(): the client did not
             # wait for the verdict. Nothing of it reaches the handler.
@@ -399,7 +402,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             )
 
     def _on_handshake_lost(self) -> None:
-        for waiter in (self._first_waiter, self._gone):
+        for waiter in (self._header_waiter, self._gone):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
@@ -415,14 +418,14 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             return
         self._close_info = info
         self._drivers.close(info.code, info.reason)
-        if self._connecting is not None:
-            await asyncio.shield(self._connecting)
         self._in_close_hooks = True
         try:
-            for hook in self._closed_hooks:
-                await run_hook(hook, self, info)
-            if self._connecting is not None:  # on_connect ran: on_disconnect pairs with it
-                await self._side.disconnected(self, info)
+            # Bounded: server.close() must end however the hooks behave.
+            await run_within(
+                self._run_close_hooks(info),
+                self._options.close_timeout,
+                f"close hooks of connection {self._id}",
+            )
         finally:
             self._in_close_hooks = False
             # Hooks often close over the acceptor: a cycle once they are done.
@@ -431,6 +434,15 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._side.release(self)
         self._state = AcceptorState.CLOSED
         self._closed.set_result(None)
+
+    async def _run_close_hooks(self, info: CloseInfo) -> None:
+        if self._connecting is not None:
+            # on_disconnect never runs before (or during) on_connect.
+            await asyncio.shield(self._connecting)
+        for hook in self._closed_hooks:
+            await run_hook(hook, self, info)
+        if self._connecting is not None:  # on_connect ran: on_disconnect pairs with it
+            await self._side.disconnected(self, info)
 
     def __repr__(self) -> str:
         return f"<WebSocketAcceptor id={self._id} {self._state.value} {self.ip} {self.path!r}>"
@@ -480,15 +492,15 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
     async def _receive_header(self, timeout: float) -> bool:
         channel = self._channel
-        if self._first is None and not channel.is_closing:
-            self._first_waiter = self._loop.create_future()
+        if not self._header_arrived and not channel.is_closing:
+            self._header_waiter = self._loop.create_future()
             try:
                 async with asyncio.timeout(timeout):
-                    await self._first_waiter
+                    await self._header_waiter
             except TimeoutError:
                 await channel.close(CloseCode.POLICY_VIOLATION, "no header received in time")
                 return False
-        frame = self._first
+        frame = self._header_frame
         if frame is None:
             return False  # the client left first
         codec = self._side.codec_for(frame)
@@ -503,7 +515,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             max_size=self._options.max_message_size,
             send_tracebacks=self._options.send_tracebacks,
         )
-        self._first = b""  # not None: the header arrived; and let it go
+        self._header_frame = None  # let it go: only the decoded value is kept
         try:
             self._header = protocol.receive_header(frame).value
         except ProtocolError as exc:

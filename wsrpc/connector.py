@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Generic, Self, TypeVar, cast
 
 from . import _transport
 from ._communicator import Communicator, why_closed
-from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook
+from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook, run_within
 from ._options import (
+    DEFAULT_CALL_ERROR_LOG_LEVEL,
+    DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Options,
 )
 from ._transport import Channel, ChannelClosed, TransportName
@@ -59,8 +63,8 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         provider: The object whose public methods the server may call, or
             None to serve nothing.
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
-        close_timeout, compression, send_tracebacks, call_timeout,
-        call_error_log_level: as for
+        close_timeout, stall_timeout, compression, send_tracebacks,
+        call_timeout, call_error_log_level: as for
             :class:`WebSocketServer`, applied to this client's side.
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
@@ -80,13 +84,14 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
-        close_timeout: float = 10.0,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
-        call_error_log_level: int = logging.INFO,
+        call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -108,6 +113,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
@@ -336,9 +342,16 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     async def _on_communicator_closed(self, info: CloseInfo) -> None:
         self._close_info = info
         self._drivers.close(info.code, info.reason)
+        try:
+            await run_within(
+                self._run_close_hooks(info), self._options.close_timeout, "close hooks"
+            )
+        finally:
+            self._set_closed(info)
+
+    async def _run_close_hooks(self, info: CloseInfo) -> None:
         for hook in self._closed_hooks:
             await run_hook(hook, self, info)
-        self._set_closed(info)
 
     def _set_closed(self, info: CloseInfo) -> None:
         if self._close_info is None:

@@ -12,8 +12,13 @@ from typing import Any, Generic, Self, TypeVar
 from . import _transport
 from ._hooks import run_hook
 from ._options import (
+    DEFAULT_CALL_ERROR_LOG_LEVEL,
+    DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Options,
     check_timeout,
 )
@@ -121,14 +126,14 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         header_timeout: float = 10.0,
         max_connections: int = 10_000,
         max_pending_headers: int = 1_000,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
-        close_timeout: float = 10.0,
-        stall_timeout: float | None = 20.0,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
-        call_error_log_level: int = logging.INFO,
+        call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
         transport: TransportName = "websockets",

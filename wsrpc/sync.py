@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -51,7 +50,15 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
 from . import connector as _aio
-from ._options import DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_SIZE
+from ._options import (
+    DEFAULT_CALL_ERROR_LOG_LEVEL,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+)
 from ._portal import LoopThread, Portal, PortalSlot
 from ._transport import TransportName
 from ._util import check_close
@@ -151,13 +158,14 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
-        close_timeout: float = 10.0,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         compression: bool = False,
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
-        call_error_log_level: int = logging.INFO,
+        call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -170,6 +178,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
             compression=compression,
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
