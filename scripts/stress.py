@@ -70,7 +70,7 @@ import msgpack
 from websockets.asyncio.client import connect as ws_connect
 
 import wsrpc
-from wsrpc._transport import Channel
+from wsrpc._transports.base import Channel
 
 MiB = 2**20
 HOST = "127.0.0.1"

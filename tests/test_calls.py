@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 import wsrpc
-from wsrpc._websockets import WebsocketsChannel
+from wsrpc._transports.websockets import WebsocketsChannel
 
 from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
@@ -572,7 +572,7 @@ async def test_callback_chains_do_not_deadlock_at_a_limit_of_one() -> None:
 
 async def test_reads_are_small_enough_to_stay_off_mmap() -> None:
     # asyncio reads with recv(256 KiB), above glibc's mmap threshold: wsrpc's
-    # connections read 64 KiB at a time (see wsrpc/_websockets.py), and a
+    # connections read 64 KiB at a time (see wsrpc/_transports/websockets.py), and a
     # large message still arrives whole over several reads. (websockets only:
     # picows reads into buffers of its own.)
     async with running_server(accept_with(Calculator()), transport="websockets") as server:

@@ -61,7 +61,7 @@ from websockets.exceptions import ConnectionClosed
 
 import wsrpc
 from wsrpc import ConnectorState
-from wsrpc._transport import MAX_FRAGMENTS
+from wsrpc._transports.base import MAX_FRAGMENTS
 
 from .conftest import UNIT, AnyAcceptor, running_server, url_of
 

@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 import wsrpc
-from wsrpc._transport import Channel
+from wsrpc._transports.base import Channel
 
 from .conftest import UNIT, AnyAcceptor, running_server, url_of
 

@@ -1,5 +1,5 @@
 """
-The picows transport at the channel level, with no RPC on top: wsrpc._picows
+The picows transport at the channel level, with no RPC on top: wsrpc._transports.picows
 against itself, against a raw picows peer that writes whatever frames a test
 wants, and against websockets on either side (wire compliance).
 """
@@ -13,7 +13,7 @@ import hashlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -27,13 +27,48 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
-from wsrpc._picows import PicowsChannel, connect, listen
-from wsrpc._transport import Channel, ChannelClosed, CloseFrames, Listener
+from wsrpc._options import Options
+from wsrpc._transports import picows as _picows
+from wsrpc._transports.base import Channel, ChannelClosed, CloseFrames, Listener
+from wsrpc._transports.picows import PicowsChannel
 
 from .conftest import UNIT
 
 MAX = 1 << 20
 CLOSE_TIMEOUT = 5 * UNIT
+
+
+def _options(max_message_size: int, close_timeout: float) -> Options:
+    return Options(
+        max_message_size=max_message_size, close_timeout=close_timeout, transport="picows"
+    )
+
+
+async def listen(
+    host: str,
+    port: int,
+    on_channel: Callable[[Channel], Awaitable[None]],
+    *,
+    max_message_size: int,
+    close_timeout: float,
+    origins: list[str | None] | None = None,
+) -> Listener:
+    """The picows transport's listen(), with the two settings these tests vary."""
+    options = _options(max_message_size, close_timeout)
+    return await _picows.listen(host, port, on_channel, options=options, origins=origins)
+
+
+async def connect(
+    url: str,
+    *,
+    additional_headers: Sequence[tuple[str, str]] = (),
+    max_message_size: int,
+    close_timeout: float,
+) -> tuple[Channel, list[tuple[str, str]]]:
+    """The picows transport's connect(), with the two settings these tests vary."""
+    options = _options(max_message_size, close_timeout)
+    return await _picows.connect(url, additional_headers=additional_headers, options=options)
+
 
 T = TypeVar("T")
 

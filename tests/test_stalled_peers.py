@@ -35,7 +35,7 @@ import msgpack
 import pytest
 
 import wsrpc
-from wsrpc._transport import LOSS_POLL_INTERVAL
+from wsrpc._transports.base import LOSS_POLL_INTERVAL
 
 from .conftest import UNIT, AnyAcceptor, running_server
 from .test_hostile import rss, ws_frame

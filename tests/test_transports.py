@@ -106,7 +106,7 @@ async def test_a_channel_tells_each_new_owner_it_is_gone(transport: wsrpc.Transp
     # The connector hands its channel from its handshake callbacks to its
     # communicator: a connection lost in between must reach the second too.
     from wsrpc._options import Options
-    from wsrpc._transport import Channel, connect, listen
+    from wsrpc._transports import Channel, connect, listen
 
     options = Options(transport=transport)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 # The blocking API lives in wsrpc.sync; imported so that ``import wsrpc`` is
 # enough to reach wsrpc.sync.WebSocketConnector.
 from . import sync as sync
-from ._transport import TransportName
+from ._transports import TransportName
 from .acceptor import WebSocketAcceptor
 from .blocking import blocking
 from .codecs import MsgpackCodec

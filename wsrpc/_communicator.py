@@ -5,7 +5,7 @@ One :class:`Communicator` runs per open connection, on either side. It owns
 
 * the futures of our outgoing calls, keyed by call id;
 * the tasks of the peer's calls that are running here, keyed by call id;
-* the message callback of its :class:`~wsrpc._transport.Channel`.
+* the message callback of its :class:`~wsrpc._transports.base.Channel`.
 
 There is no reader task. The channel calls :meth:`Communicator._on_message`
 from the transport's data callback: a reply resolves its caller's future
@@ -51,14 +51,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from ._transport import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
+from ._transports.base import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
 from .dispatch import AccessRefused, resolve
 from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
 from .messages import Call, CloseCode, Error, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
 
-__all__ = ["Communicator", "close_info_of", "why_closed"]
+__all__ = ["Communicator", "close_info_of"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -86,12 +86,6 @@ def close_info_of(frames: CloseFrames, code: int, reason: str) -> CloseInfo:
         clean=received is not None and sent is not None,
         by_peer=frames.peer_first if received is not None else sent is None,
     )
-
-
-def why_closed(frames: CloseFrames) -> tuple[int, str]:
-    """The code and reason that best explain why a connection closed."""
-    frame = frames.received or frames.sent
-    return frame if frame is not None else (CloseCode.ABNORMAL, "connection lost")
 
 
 class Communicator:
@@ -372,7 +366,7 @@ class Communicator:
 
     def _on_lost(self) -> None:
         """The connection is gone (called by the channel, once)."""
-        self._finish(ConnectionClosedError(*why_closed(self._channel.close_frames)))
+        self._finish(ConnectionClosedError(*self._channel.close_frames.cause))
         self._wind_down_task = self._loop.create_task(self._wind_down())
 
     async def _wind_down(self) -> None:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from ._transport import TransportName
+from ._transports.base import TransportName
 
 __all__ = ["Options", "check_timeout"]
 
@@ -64,16 +64,6 @@ class Options:
             raise ValueError(
                 f"call_error_log_level must be logging.INFO or lower (DEBUG), not {level!r}"
             )
-
-    def websockets_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for websockets' ``serve()`` and ``connect()``."""
-        return {
-            "max_size": self.max_message_size,
-            # wsrpc runs its own keepalive once a connection is open.
-            "ping_interval": None,
-            "close_timeout": self.close_timeout,
-            "compression": "deflate" if self.compression else None,
-        }
 
     def communicator_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~wsrpc._communicator.Communicator`."""

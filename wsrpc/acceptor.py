@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final
 
-from ._communicator import Communicator, close_info_of, why_closed
+from ._communicator import Communicator, close_info_of
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook, run_within
 from ._options import Options
-from ._transport import Channel, ChannelClosed
+from ._transports import Channel, ChannelClosed
 from ._util import check_close
 from .codecs import Codec
 from .dispatch import check_provider
@@ -224,7 +224,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         assert protocol is not None
         channel = self._channel
         if channel.is_closing:  # the client left, or broke the protocol
-            raise ConnectionClosedError(*why_closed(channel.close_frames))
+            raise ConnectionClosedError(*channel.close_frames.cause)
         frame = protocol.send_accept()
         self._state = AcceptorState.OPEN
         # Takes the client's messages from here on; made before the accept
@@ -288,7 +288,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         # The frames tell what happened: our code, or the 1002 of a client
         # that did not wait, or nothing if the client vanished.
         frames = channel.close_frames
-        await self._set_closed(close_info_of(frames, *why_closed(frames)))
+        await self._set_closed(close_info_of(frames, *frames.cause))
 
     def _expect(self, state: AcceptorState, action: str) -> None:
         if self._state is not state:
@@ -454,7 +454,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         if not await self._receive_header(self._side.header_timeout):
             await self._channel.wait_closed()
             frames = self._channel.close_frames
-            await self._set_closed(close_info_of(frames, *why_closed(frames)))
+            await self._set_closed(close_info_of(frames, *frames.cause))
             return
         self._state = AcceptorState.ACCEPTING
         loop = asyncio.get_running_loop()

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Generic, Self, TypeVar, cast
 
-from . import _transport
-from ._communicator import Communicator, why_closed
+from . import _transports
+from ._communicator import Communicator
 from ._hooks import ClosedHook, CloseRequestHook, call_hook_soon, run_hook, run_within
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
@@ -20,7 +20,7 @@ from ._options import (
     DEFAULT_STALL_TIMEOUT,
     Options,
 )
-from ._transport import Channel, ChannelClosed, TransportName
+from ._transports import Channel, ChannelClosed, TransportName
 from ._util import check_close
 from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
@@ -220,7 +220,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
 
     async def _open(self, url: str) -> tuple[Channel, list[tuple[str, str]]]:
         try:
-            return await _transport.connect(
+            return await _transports.connect(
                 url, additional_headers=self._additional_headers, options=self._options
             )
         except (OSError, ValueError) as exc:
@@ -248,7 +248,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             raise RejectedError(exc.code, exc.reason) from None
         frame = await verdict
         if frame is None:  # closed before accepting: rejected
-            raise RejectedError(*why_closed(channel.close_frames))
+            raise RejectedError(*channel.close_frames.cause)
         try:
             protocol.receive_accept(frame)
         except ProtocolError as exc:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
-from . import _transport
+from . import _transports
 from ._hooks import run_hook
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
@@ -23,7 +23,7 @@ from ._options import (
     check_timeout,
 )
 from ._registry import LocalRegistry, Registry
-from ._transport import Channel, Listener, TransportName
+from ._transports import Channel, Listener, TransportName
 from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
 from .exceptions import StateError
@@ -298,7 +298,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._handler = handler
         self._http_handler = http_handler
         try:
-            self._server = await _transport.listen(
+            self._server = await _transports.listen(
                 host,
                 port,
                 self._entry,

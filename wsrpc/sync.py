@@ -60,7 +60,7 @@ from ._options import (
     DEFAULT_STALL_TIMEOUT,
 )
 from ._portal import LoopThread, Portal, PortalSlot
-from ._transport import TransportName
+from ._transports import TransportName
 from ._util import check_close
 from .acceptor import WebSocketAcceptor, loop_of
 from .codecs import Codec, CodecName

@@ -12,10 +12,14 @@ wsrpc needs little from a WebSocket implementation, and all of it is here:
 * :class:`ChannelClosed`: the only exception a channel raises; the asyncio
   layer turns it into :exc:`~wsrpc.ConnectionClosedError`.
 
-Two transports implement it: :mod:`wsrpc._websockets` (the default, on
-`websockets`) and :mod:`wsrpc._picows` (``transport="picows"``, the
-``wsrpc[fast]`` extra). The opening handshake, its HTTP details and TLS are
-each transport's own business; everything after it is the same code.
+Each transport implements it in a module of this package:
+:mod:`~wsrpc._transports.websockets` (the default, on `websockets`) and
+:mod:`~wsrpc._transports.picows` (``transport="picows"``, the
+``wsrpc[fast]`` extra); the package itself picks one by name. The opening
+handshake, its HTTP details and TLS are each transport's own business;
+everything after it is the same code.
+
+This module is the bottom of the I/O layer: it imports nothing of wsrpc.
 """
 
 from __future__ import annotations
@@ -24,22 +28,25 @@ import abc
 import asyncio
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from ._options import Options
-    from .http import HttpHandler
+from typing import Literal
 
 __all__ = [
+    "ABNORMAL",
+    "LOSS_POLL_INTERVAL",
+    "MAX_FRAGMENTS",
+    "STALL_CODE",
+    "STALL_REASON",
     "Channel",
     "ChannelClosed",
+    "CloseFrameCallback",
     "CloseFrames",
     "Listener",
+    "LostCallback",
+    "MessageCallback",
     "TransportName",
-    "connect",
-    "listen",
+    "socket_gone",
 ]
 
 TransportName = Literal["websockets", "picows"]
@@ -53,6 +60,9 @@ Seconds between checks of the socket while reading is paused (see
 :func:`socket_gone`): a connection reset or closed by the peer is noticed
 within this, plus the event loop's latency, though nothing reads it.
 """
+
+ABNORMAL = 1006
+"""The close code of a connection that dropped without a close frame (reported, never sent)."""
 
 STALL_CODE = 1008
 """The close code of a peer that kept our write buffer full (see ``stall_timeout``)."""
@@ -86,6 +96,18 @@ class CloseFrames:
     """Our close frame (code, reason), if we sent one."""
     peer_first: bool
     """Whether the peer's close frame came before ours (the peer closed)."""
+
+    @property
+    def cause(self) -> tuple[int, str]:
+        """
+        The code and reason that best explain why the connection closed.
+
+        The peer's close frame if one came, else ours, else 1006
+        ``"connection lost"`` (no close frame: it dropped). The one rule,
+        for every transport and for the layer above.
+        """
+        frame = self.received or self.sent
+        return frame if frame is not None else (ABNORMAL, "connection lost")
 
 
 class Channel(abc.ABC):
@@ -253,80 +275,3 @@ def socket_gone(sock: object) -> bool:
     except OSError:
         return True  # closed under us
     return False
-
-
-# -- picking the transport ---------------------------------------------------------
-
-_FAST_MISSING = "transport='picows' needs picows: pip install 'wsrpc[fast]'"
-
-
-async def listen(
-    host: str,
-    port: int,
-    on_channel: Callable[[Channel], Awaitable[None]],
-    *,
-    options: Options,
-    origins: Sequence[str | None] | None,
-    http_handler: HttpHandler | None,
-) -> Listener:
-    """Listen on ``host``:``port`` with the transport ``options`` name."""
-    if options.transport == "websockets":
-        from . import _websockets
-
-        return await _websockets.listen(
-            host,
-            port,
-            on_channel,
-            options=options.websockets_kwargs(),
-            stall_timeout=options.stall_timeout,
-            origins=origins,
-            http_handler=http_handler,
-        )
-    if http_handler is not None:
-        raise ValueError("http_handler needs transport='websockets'")
-    try:
-        from . import _picows
-    except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
-        raise ImportError(_FAST_MISSING) from exc
-    return await _picows.listen(
-        host,
-        port,
-        on_channel,
-        max_message_size=options.max_message_size,
-        close_timeout=options.close_timeout,
-        stall_timeout=options.stall_timeout,
-        origins=origins,
-    )
-
-
-async def connect(
-    url: str, *, additional_headers: Sequence[tuple[str, str]], options: Options
-) -> tuple[Channel, list[tuple[str, str]]]:
-    """
-    Open a WebSocket to ``url`` with the transport ``options`` name; return
-    its channel (not started) and the upgrade response's headers.
-
-    Raises:
-        OSError: the TCP (or TLS) connection failed.
-        ValueError: a bad URL, or the server refused the upgrade.
-    """
-    if options.transport == "websockets":
-        from . import _websockets
-
-        return await _websockets.connect(
-            url,
-            additional_headers=additional_headers,
-            options=options.websockets_kwargs(),
-            stall_timeout=options.stall_timeout,
-        )
-    try:
-        from . import _picows
-    except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
-        raise ImportError(_FAST_MISSING) from exc
-    return await _picows.connect(
-        url,
-        additional_headers=additional_headers,
-        max_message_size=options.max_message_size,
-        close_timeout=options.close_timeout,
-        stall_timeout=options.stall_timeout,
-    )

@@ -1,5 +1,5 @@
 """
-The fast transport: :class:`~wsrpc._transport.Channel` on `picows`.
+The fast transport: :class:`~wsrpc._transports.base.Channel` on `picows`.
 
 picows parses frames in C and calls a :class:`picows.WSListener` once per
 frame, with the payload still in its read buffer. :class:`PicowsChannel` is
@@ -27,8 +27,8 @@ our write buffer is over its high-water mark (aiofastnet's, 64 KiB) only the
 latest ping is answered, once the buffer drains (RFC 6455 5.5.3 allows
 this), so pongs never pile up; a peer that keeps the buffer over the mark
 for ``stall_timeout`` is aborted, its close code
-:data:`~wsrpc._transport.STALL_CODE`. While reading is paused the socket
-is checked every :data:`~wsrpc._transport.LOSS_POLL_INTERVAL` seconds, so
+:data:`~wsrpc._transports.base.STALL_CODE`. While reading is paused the socket
+is checked every :data:`~wsrpc._transports.base.LOSS_POLL_INTERVAL` seconds, so
 that a reset is noticed though nothing reads it. picows' own keepalive is
 off, wsrpc runs one through :meth:`PicowsChannel.ping`. It implements no
 extension, hence no compression. It detects wire-level errors (bad opcode,
@@ -73,7 +73,9 @@ from picows import (
     ws_create_server,
 )
 
-from ._transport import (
+from .._options import Options
+from ..messages import CloseCode
+from .base import (
     LOSS_POLL_INTERVAL,
     MAX_FRAGMENTS,
     STALL_CODE,
@@ -87,7 +89,6 @@ from ._transport import (
     MessageCallback,
     socket_gone,
 )
-from .messages import CloseCode
 
 __all__ = ["HANDSHAKE_TIMEOUT", "PicowsChannel", "connect", "listen"]
 
@@ -540,11 +541,7 @@ class PicowsChannel(Channel, WSListener):
             self._abort_timer = self._loop.call_later(self._close_timeout, self.abort)
 
     def _closed_error(self) -> ChannelClosed:
-        frames = self.close_frames
-        frame = frames.received or frames.sent
-        if frame is None:
-            return ChannelClosed(CloseCode.ABNORMAL, "connection lost")
-        return ChannelClosed(*frame)
+        return ChannelClosed(*self.close_frames.cause)
 
     # -- the opening request ----------------------------------------------------
 
@@ -652,9 +649,7 @@ async def listen(
     port: int,
     on_channel: Callable[[Channel], Awaitable[None]],
     *,
-    max_message_size: int,
-    close_timeout: float,
-    stall_timeout: float | None = None,
+    options: Options,
     origins: Sequence[str | None] | None = None,
 ) -> Listener:
     """
@@ -667,6 +662,8 @@ async def listen(
     gets HTTP 403 and never becomes a channel; one with several Origin
     headers gets HTTP 400, with or without ``origins``.
     """
+    max_message_size = options.max_message_size
+    close_timeout, stall_timeout = options.close_timeout, options.stall_timeout
     listener = PicowsListener(on_channel)
     spawn = listener._spawn  # bound once: a bound method per channel would cost 64 bytes
 
@@ -732,9 +729,7 @@ async def connect(
     url: str,
     *,
     additional_headers: Sequence[tuple[str, str]] = (),
-    max_message_size: int,
-    close_timeout: float,
-    stall_timeout: float | None = None,
+    options: Options,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel (not started) and the
@@ -748,6 +743,8 @@ async def connect(
         OSError: the TCP (or TLS) connection failed, or closed during the upgrade.
         ValueError: a bad URL, or the server refused the upgrade.
     """
+    max_message_size = options.max_message_size
+    close_timeout, stall_timeout = options.close_timeout, options.stall_timeout
     made: list[PicowsChannel] = []
     sockets: list[socket.socket] = []
 

@@ -1,5 +1,5 @@
 """
-The default transport: :class:`~wsrpc._transport.Channel` on `websockets`.
+The default transport: :class:`~wsrpc._transports.base.Channel` on `websockets`.
 
 websockets parses frames in its protocol callback and queues messages for
 ``recv()``. wsrpc hooks in one step earlier: the connection classes below
@@ -21,9 +21,9 @@ close timeout starts):
   32 KiB) the peer's pings get no pong each: the latest one is answered
   when the buffer drains (RFC 6455 5.5.3 allows this), so pongs never pile
   up; a peer that keeps the buffer over the mark for ``stall_timeout`` is
-  aborted, its close code :data:`~wsrpc._transport.STALL_CODE`;
+  aborted, its close code :data:`~wsrpc._transports.base.STALL_CODE`;
 * while reading is paused, the socket is checked every
-  :data:`~wsrpc._transport.LOSS_POLL_INTERVAL` seconds, so that a reset is
+  :data:`~wsrpc._transports.base.LOSS_POLL_INTERVAL` seconds, so that a reset is
   noticed though nothing reads it.
 """
 
@@ -49,7 +49,10 @@ from websockets.protocol import Event, Protocol, State
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Origin
 
-from ._transport import (
+from .._options import Options
+from ..http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
+from ..messages import CloseCode
+from .base import (
     LOSS_POLL_INTERVAL,
     MAX_FRAGMENTS,
     STALL_CODE,
@@ -63,8 +66,6 @@ from ._transport import (
     MessageCallback,
     socket_gone,
 )
-from .http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
-from .messages import CloseCode
 
 __all__ = ["WebsocketsChannel", "connect", "listen"]
 
@@ -314,7 +315,7 @@ class WebsocketsChannel(Channel):
         ws = self.ws
         protocol = ws.protocol
         if protocol.state is not _OPEN or ws.transport.is_closing():
-            raise ChannelClosed(*self._why_closed())
+            raise ChannelClosed(*self.close_frames.cause)
         # What websockets' send() does, minus its async context manager:
         # frame the message and write it out (flow control is drain()'s).
         if type(data) is str:
@@ -334,7 +335,7 @@ class WebsocketsChannel(Channel):
     def ping(self) -> asyncio.Future[None]:
         ws = self.ws
         if ws.protocol.state is not _OPEN:
-            raise ChannelClosed(*self._why_closed())
+            raise ChannelClosed(*self.close_frames.cause)
         pong = ws.loop.create_future()
         task = ws.loop.create_task(self._ping(pong))
         self._ping_task = task  # one ping at a time: keep it referenced
@@ -346,7 +347,7 @@ class WebsocketsChannel(Channel):
             await waiter
         except ConnectionClosed:
             if not pong.done():
-                pong.set_exception(ChannelClosed(*self._why_closed()))
+                pong.set_exception(ChannelClosed(*self.close_frames.cause))
         else:
             if not pong.done():
                 pong.set_result(None)
@@ -391,11 +392,6 @@ class WebsocketsChannel(Channel):
             (sent.code, sent.reason) if sent is not None else None,
             peer_first=received is not None and bool(protocol.close_rcvd_then_sent),
         )
-
-    def _why_closed(self) -> tuple[int, str]:
-        frames = self.close_frames
-        frame = frames.received or frames.sent
-        return frame if frame is not None else (CloseCode.ABNORMAL, "connection lost")
 
     # -- the opening request ----------------------------------------------------
 
@@ -533,8 +529,7 @@ async def listen(
     port: int,
     on_channel: Callable[[Channel], Awaitable[None]],
     *,
-    options: dict[str, Any],
-    stall_timeout: float | None,
+    options: Options,
     origins: Sequence[str | None] | None,
     http_handler: HttpHandler | None,
 ) -> Listener:
@@ -564,12 +559,23 @@ async def listen(
         host,
         port,
         origins=None if origins is None else [cast(Origin | None, o) for o in origins],
-        create_connection=_connection_class(_ServerConnection, stall_timeout),
+        create_connection=_connection_class(_ServerConnection, options.stall_timeout),
         process_request=process_request if http_handler is not None else None,
         process_response=process_response if http_handler is not None else None,
-        **options,
+        **_settings(options),
     )
     return WebsocketsListener(server)
+
+
+def _settings(options: Options) -> dict[str, Any]:
+    """wsrpc's options as websockets' ``serve()`` and ``connect()`` take them."""
+    return {
+        "max_size": options.max_message_size,
+        # wsrpc runs its own keepalive once a connection is open.
+        "ping_interval": None,
+        "close_timeout": options.close_timeout,
+        "compression": "deflate" if options.compression else None,
+    }
 
 
 def _response(answer: HttpResponse) -> Response:
@@ -594,8 +600,7 @@ async def connect(
     url: str,
     *,
     additional_headers: Sequence[tuple[str, str]],
-    options: dict[str, Any],
-    stall_timeout: float | None,
+    options: Options,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel and the response headers.
@@ -609,8 +614,8 @@ async def connect(
             url,
             open_timeout=None,
             additional_headers=list(additional_headers),
-            create_connection=_connection_class(_ClientConnection, stall_timeout),
-            **options,
+            create_connection=_connection_class(_ClientConnection, options.stall_timeout),
+            **_settings(options),
         )
     except WebSocketException as exc:
         raise ValueError(str(exc)) from exc
