@@ -6,6 +6,9 @@ a :class:`WebSocketAcceptor`, which accepts the client with a provider or
 rejects it; a :class:`WebSocketConnector` is the client. Once open, each side
 calls the other's provider through ``get_driver()``, typed as the remote's
 ``Protocol``.
+
+Layer: a front end (docs/architecture.md). May import any of wsrpc;
+nothing in wsrpc imports it.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ lost, a protocol violation, a keepalive timeout — calls :meth:`_finish`,
 which fails every pending call with one :exc:`ConnectionClosedError` and
 cancels every running call. Once the socket is gone, a wind-down task waits
 for the cancelled calls to unwind and tells the owner.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
 """
 
 from __future__ import annotations

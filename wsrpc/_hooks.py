@@ -1,4 +1,9 @@
-"""Lifecycle hooks: the callables users register, and how wsrpc runs them."""
+"""
+Lifecycle hooks: the callables users register, and how wsrpc runs them.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
+"""
 
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ decoder is invalid UTF-8 in a string.
 Only frames holding a 16- or 32-bit array or map header can amplify much
 (the fixed-size headers declare at most 15 elements), so the codec runs the
 walk only on frames containing one of those header bytes.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
-"""Settings shared by the server and the connector, validated once."""
+"""
+Settings shared by the server and the connector, validated once.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-from ._transports.base import TransportName
+__all__ = ["Options", "TransportName", "check_timeout"]
 
-__all__ = ["Options", "check_timeout"]
+TransportName = Literal["websockets", "picows"]
+"""The WebSocket libraries wsrpc runs on (see :mod:`wsrpc._transports`)."""
 
 # The defaults, written once: the constructors' signatures use these names.
 DEFAULT_MAX_MESSAGE_SIZE = 2**20

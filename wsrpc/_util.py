@@ -1,4 +1,9 @@
-"""Small checks shared by the server side and the client side."""
+"""
+Small checks shared by the server side and the client side.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
+"""
 
 from __future__ import annotations
 

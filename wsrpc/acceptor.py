@@ -1,4 +1,9 @@
-"""The server's side of one connection: :class:`WebSocketAcceptor`."""
+"""
+The server's side of one connection: :class:`WebSocketAcceptor`.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
+"""
 
 from __future__ import annotations
 

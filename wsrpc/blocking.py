@@ -6,6 +6,9 @@ the server is served: one that blocks (a synchronous database driver, a file
 read, CPU work) stalls them all while it runs. Mark such a method with
 :func:`blocking` and wsrpc runs each call in the event loop's default thread
 pool (:func:`asyncio.to_thread`) instead.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
 """
 
 from __future__ import annotations

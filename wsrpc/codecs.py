@@ -7,6 +7,9 @@ the shapes documented in ``docs/protocol.md`` and raises
 anything else; it never builds objects other than plain data (no pickle, no
 ext types, no classes). :meth:`Codec.encode` raises
 :exc:`~wsrpc.exceptions.EncodeError` for values it cannot represent.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The client side: :class:`WebSocketConnector`."""
+"""
+The client side: :class:`WebSocketConnector`.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
+"""
 
 from __future__ import annotations
 

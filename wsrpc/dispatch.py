@@ -21,6 +21,9 @@ The rules, which make member access safe by construction:
 A refusal raises :exc:`AccessRefused`; its message depends only on the
 requested path and on the public shape of the provider, never on private
 state.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ once there is one and at the close once it is gone. So a driver fetched
 before ``accept()`` or ``connect()`` (TGrid's idiom: hand the provider its
 peer's driver first) is the same object that works once the connection is
 open, and holding it never keeps a closed connection alive.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

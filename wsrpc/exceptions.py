@@ -20,6 +20,9 @@ The tree::
 Local misuse (:exc:`StateError`, :exc:`EncodeError`) is kept apart from what
 the peer or the network did. Exceptions of ``websockets`` and ``msgpack`` are
 converted at the boundary (``raise ... from exc``) and never reach the user.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

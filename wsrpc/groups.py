@@ -12,6 +12,9 @@ so a misspelled method or a wrong argument is a mypy error. The call runs on
 every member concurrently; each member's outcome (its result or its error) is
 returned, and one slow or dead member neither holds up nor fails the others
 (give ``timeout`` to bound the slow ones).
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
 """
 
 from __future__ import annotations

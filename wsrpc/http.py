@@ -7,6 +7,9 @@ page) with an :class:`HttpResponse`, let the upgrade go on with extra
 response headers (cookies) by returning an :class:`Upgrade`, or return None
 to let the upgrade go on unchanged. A request that is not an upgrade and
 that the handler does not answer gets websockets' error response (426).
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

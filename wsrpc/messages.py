@@ -11,6 +11,9 @@ A connection carries, in order:
 
 Codecs (:mod:`wsrpc.codecs`) turn these into frames and back; the rules about
 which message may come when live in :mod:`wsrpc.protocol`.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ Call ids are chosen by the caller, one counter per direction. The core keeps
 the ids of outgoing calls awaiting a reply, so that a reply arriving after
 the caller gave up (cancelled, timed out) is dropped quietly, and the ids of
 incoming calls still running, so that a peer reusing one is caught.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The server: :class:`WebSocketServer`, its registry of connections, groups and hooks."""
+"""
+The server: :class:`WebSocketServer`, its registry of connections, groups and hooks.
+
+Layer: the connections, wsrpc's asyncio layer (docs/architecture.md).
+Imports the core and the transports; never a front end.
+"""
 
 from __future__ import annotations
 

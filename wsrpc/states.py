@@ -1,4 +1,9 @@
-"""Lifecycle states of the server, the acceptor and the connector."""
+"""
+Lifecycle states of the server, the acceptor and the connector.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
+"""
 
 from __future__ import annotations
 

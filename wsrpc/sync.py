@@ -37,6 +37,9 @@ The threading model, for both:
   module called from that event loop's own thread, for instance from inside
   a provider method, raise :exc:`~wsrpc.StateError`: waiting there would
   wait for ever, since the loop cannot run the call while it waits.
+
+Layer: a front end (docs/architecture.md). May import any of wsrpc;
+nothing in wsrpc imports it.
 """
 
 from __future__ import annotations

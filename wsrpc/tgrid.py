@@ -50,6 +50,9 @@ the close code to use: 1003 for a binary frame; 1007 for text that is not
 JSON, uses ``NaN``/``Infinity``, has a number too large (an integer of more
 than 4300 digits, a float that overflows) or nests deeper than
 :data:`MAX_DEPTH`; 1002 for JSON of the wrong shape.
+
+Layer: the sans-I/O core (docs/architecture.md). Imports only the core:
+no asyncio, no socket, no WebSocket library.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .base import Channel, ChannelClosed, CloseFrames, Listener, TransportName
+from .._options import TransportName
+from .base import Channel, ChannelClosed, CloseFrames, Listener
 
 if TYPE_CHECKING:
     from .._options import Options

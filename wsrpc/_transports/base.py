@@ -30,7 +30,6 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 __all__ = [
     "ABNORMAL",
@@ -45,11 +44,8 @@ __all__ = [
     "Listener",
     "LostCallback",
     "MessageCallback",
-    "TransportName",
     "socket_gone",
 ]
-
-TransportName = Literal["websockets", "picows"]
 
 MAX_FRAGMENTS = 4096
 """Most fragments in one message (websockets' own cap); more close with 1009."""

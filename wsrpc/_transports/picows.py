@@ -43,6 +43,9 @@ so that a connect cancelled half-way can shut that socket down.
 
 picows runs its sockets on aiofastnet's transports (a dependency of picows),
 on uvloop as on asyncio's own loop.
+
+Layer: the transports (docs/architecture.md). Imports the core and
+:mod:`wsrpc._transports.base`; nothing of the connections above.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ close timeout starts):
 * while reading is paused, the socket is checked every
   :data:`~wsrpc._transports.base.LOSS_POLL_INTERVAL` seconds, so that a reset is
   noticed though nothing reads it.
+
+Layer: the transports (docs/architecture.md). Imports the core and
+:mod:`wsrpc._transports.base`; nothing of the connections above.
 """
 
 from __future__ import annotations
