@@ -137,6 +137,9 @@ class Communicator:
         # write buffer. Reading resumes when neither holds.
         self._backlog_full = False
         self._draining = False
+        # Answers of async calls take turns here while the write buffer is
+        # full (see _answer); made on first use.
+        self._write_turn: asyncio.Lock | None = None
         # We never have more calls in flight to the peer than it runs at once,
         # nor more than we run ourselves: a peer advertising a huge limit (or
         # none: TGrid) must not make us buffer without bound.
@@ -283,6 +286,8 @@ class Communicator:
     async def _drain(self) -> None:
         try:
             await self._channel.drain()
+        except ConnectionError:
+            pass  # the connection is gone (websockets' drain raises it): the channel reports it
         finally:
             self._draining = False
             self._update_reading()
@@ -462,12 +467,37 @@ class Communicator:
             else:
                 frame = self._protocol.send_return(uid, result)
             if self.closed is None:
-                self._send_quietly(frame)
+                channel = self._channel
+                turn = self._write_turn
+                if channel.writing_paused or (turn is not None and turn.locked()):
+                    await self._answer(frame)
+                else:
+                    self._send_quietly(frame)
         finally:
             del self._running[uid]
             if self._nested:
                 self._nested.discard(uid)
             self._pump_backlog()
+
+    async def _answer(self, frame: bytes | str) -> None:
+        """
+        Send an async call's answer once the write buffer has room, in turn.
+
+        The call keeps its slot meanwhile, so no other call starts: answers
+        wait in the tasks that made them (at most ``max_calls``), and the
+        write buffer holds at most one answer over its high-water mark.
+        """
+        if self._write_turn is None:
+            self._write_turn = asyncio.Lock()
+        channel = self._channel
+        async with self._write_turn:
+            while channel.writing_paused and self.closed is None and not channel.is_closing:
+                try:
+                    await channel.drain()
+                except ConnectionError:
+                    return  # the connection is gone: the channel reports it
+            if self.closed is None:
+                self._send_quietly(frame)
 
     def _pump_backlog(self) -> None:
         backlog = self._backlog

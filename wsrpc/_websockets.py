@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import http
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -74,6 +75,7 @@ class WebsocketsChannel(Channel):
         "_fragments_text",
         "_gone",
         "_held",
+        "_held_size",
         "_on_close_frame",
         "_on_lost",
         "_on_message",
@@ -87,7 +89,10 @@ class WebsocketsChannel(Channel):
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
-        self._held: list[bytes | str] | None = None
+        # Messages not delivered yet: those that arrived before start(), and
+        # those read while reading is paused (see pause_reading()).
+        self._held: deque[bytes | str] | None = None
+        self._held_size = 0
         self._fragments: list[BytesLike] | None = None
         self._fragments_text = False
         self._gone = False
@@ -107,11 +112,23 @@ class WebsocketsChannel(Channel):
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_close_frame = on_close_frame
-        held, self._held = self._held, None
-        for message in held or ():
-            on_message(message)
+        self._deliver_held()
         if self._gone:
             on_lost()
+
+    def _deliver_held(self) -> None:
+        """Deliver held messages, in order, until none is left or reading pauses."""
+        held = self._held
+        while held and not self._reading_paused:
+            on_message = self._on_message
+            if on_message is None:
+                return
+            message = held.popleft()
+            self._held_size -= len(message)
+            on_message(message)
+        if self._held is not None and not self._held:
+            self._held = None
+            self._held_size = 0
 
     def _data_frame(self, frame: Frame) -> None:
         """A data frame arrived (from the connection's protocol callback)."""
@@ -149,12 +166,17 @@ class WebsocketsChannel(Channel):
         else:
             message = bytes(data)  # no copy when it is bytes already
         on_message = self._on_message
-        if on_message is not None:
+        if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
-        elif self._held is None:
-            self._held = [message]
-        else:
-            self._held.append(message)
+            return
+        # Not started, or paused: the transport stopped reading, but frames
+        # of the read under way still arrive. Hold them, undecoded, until
+        # start() or resume_reading(): what a paused channel holds is bounded
+        # by one read.
+        if self._held is None:
+            self._held = deque()
+        self._held.append(message)
+        self._held_size += len(message)
 
     def _close_frame(self) -> None:
         """A close frame arrived and websockets processed it."""
@@ -171,14 +193,20 @@ class WebsocketsChannel(Channel):
             self._on_lost()
 
     def pause_reading(self) -> None:
+        # Takes effect at once, on the next message: those the read under
+        # way still holds wait in _held.
         if not self._reading_paused:
             self._reading_paused = True
             self.ws.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        # The messages held while paused go first; if one of them pauses
+        # reading again, the rest wait for the next resume_reading().
         if self._reading_paused:
             self._reading_paused = False
-            self.ws.transport.resume_reading()
+            self._deliver_held()
+            if not self._reading_paused:
+                self.ws.transport.resume_reading()
 
     # -- sending ----------------------------------------------------------------
 

@@ -1,0 +1,193 @@
+"""
+Floods that arrive in one read, and valid frames that are expensive to decode
+(the hardening issue, round two, items 4 and 5), over real sockets.
+
+* **Back-pressure per message.** A raw client writes hundreds of calls in a
+  single TCP write. The server must stop taking them at the message where
+  its bounds are reached (running plus queued calls, answers waiting in
+  the write buffer), not at the end of the read: the messages after that
+  point wait, undecoded, until the server reads again.
+* **Decode cost.** A valid frame that is a tree of small arrays costs about
+  100 ns per array to build; one of 800 KB stalls the event loop for tens
+  to hundreds of milliseconds. The msgpack codec refuses frames that hold
+  more containers than ``MAX_CONTAINERS`` (close 1009) before building
+  anything, compressed or not.
+
+Every test here fails on the code before these fixes; they run on both
+transports (``WSRPC_TEST_TRANSPORT=picows``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from .conftest import UNIT, AnyAcceptor, running_server, url_of
+
+MiB = 2**20
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """A masked binary client frame (zero key: the payload goes as it is)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x82, 0x80 | size])
+    elif size < 2**16:
+        head = bytes([0x82, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+def call(uid: int, path: str, *args: Any) -> bytes:
+    return ws_frame(msgpack.packb([2, uid, path, list(args)]))
+
+
+@asynccontextmanager
+async def raw_client(url: str, *, compression: bool = False) -> AsyncIterator[ClientConnection]:
+    """A bare websockets client that did wsrpc's handshake by hand, advertising no limits."""
+    async with ws_connect(url, max_size=None, compression="deflate" if compression else None) as ws:
+        await ws.send(msgpack.packb([0, 1, "raw", {}]))
+        async with asyncio.timeout(5 * UNIT):
+            assert msgpack.unpackb(await ws.recv(decode=False))[0] == 1
+        yield ws
+
+
+async def happens(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` is set within ``timeout``."""
+    waiter = asyncio.ensure_future(event.wait())
+    done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    waiter.cancel()
+    return bool(done)
+
+
+# -- back-pressure per message ------------------------------------------------------
+
+
+class Held:
+    def __init__(self) -> None:
+        self.started = 0
+        self.release = asyncio.Event()
+        self.late: list[str] = []
+        self.full = asyncio.Event()
+        self.over = asyncio.Event()
+        """Set when anything past the bound runs."""
+        self.limit = 0
+
+    async def hold(self, i: int) -> int:
+        self.started += 1
+        if self.started == self.limit:
+            self.full.set()
+        elif self.started > self.limit and not self.release.is_set():
+            self.over.set()
+        await self.release.wait()
+        return i
+
+    def size(self, data: bytes) -> int:
+        return len(data)
+
+    def record(self, tag: str) -> str:
+        self.late.append(tag)
+        if not self.release.is_set():
+            self.over.set()
+        return tag
+
+
+async def test_one_read_flood_stops_at_the_message_that_fills_the_backlog() -> None:
+    # 300 calls to a slow method and one to a plain one, in one write: with
+    # 8 running and 8 queued the server must stop taking messages there.
+    # Before the fix it decoded the whole read (284 calls queued over the
+    # bound) and ran the plain call at once.
+    limit, flood = 8, 300
+    service = Held()
+    service.limit = limit
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(service)
+
+    async with running_server(handler, max_concurrent_calls=limit) as server:
+        async with raw_client(url_of(server)) as ws:
+            # One large message first: picows grows its read buffer to fit
+            # it (from 2 KiB) and keeps it, so that the flood is one read.
+            await ws.send(msgpack.packb([2, 1000, "size", [b"x" * 100_000]]))
+            async with asyncio.timeout(5 * UNIT):
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 1000, 100_000]
+            data = b"".join(call(uid, "hold", uid) for uid in range(1, flood + 1))
+            data += call(flood + 1, "record", "late")
+            assert len(data) < 16_384  # one write, one read
+            ws.transport.write(data)
+            async with asyncio.timeout(5 * UNIT):
+                await service.full.wait()
+            # Nothing past the bound is taken meanwhile.
+            assert not await happens(service.over, UNIT), (service.started, service.late)
+            assert service.started == limit
+            service.release.set()
+            replies: dict[int, Any] = {}
+            async with asyncio.timeout(10 * UNIT):
+                while len(replies) < flood + 1:
+                    reply = msgpack.unpackb(await ws.recv(decode=False))
+                    replies[reply[1]] = reply[2]
+            assert replies == {**{uid: uid for uid in range(1, flood + 1)}, flood + 1: "late"}
+            assert service.late == ["late"]
+
+
+class Blobs:
+    def __init__(self, most: int) -> None:
+        self.made = 0
+        self.most = most
+        self.first = asyncio.Event()
+        self.over = asyncio.Event()
+
+    def _count(self) -> None:
+        self.made += 1
+        self.first.set()
+        if self.made > self.most:
+            self.over.set()
+
+    def blob(self, size: int) -> bytes:
+        self._count()
+        return b"b" * size
+
+    async def ablob(self, size: int) -> bytes:
+        self._count()
+        await asyncio.sleep(0)
+        return b"a" * size
+
+
+@pytest.mark.parametrize("method", ["blob", "ablob"])
+async def test_answers_to_a_peer_that_never_reads_stay_bounded(method: str) -> None:
+    # 100 calls for 1 MiB each in one write from a peer that never reads:
+    # the server must stop answering (and so stop running calls) once its
+    # write buffer is full, plus what the kernel's socket buffers absorb.
+    # Before the fix it ran all 100 and buffered 100 MiB.
+    count, size = 100, MiB - 64
+    # Kernel socket buffers take a few MiB; the write buffer one answer.
+    service = Blobs(most=40)
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(service)
+
+    # 8 calls at once: the async ones keep their answers (and slots) while
+    # they wait to send them.
+    async with running_server(handler, max_message_size=2 * MiB, max_concurrent_calls=8) as server:
+        async with raw_client(url_of(server)) as ws:
+            ws.transport.pause_reading()  # never reads (until the end)
+            ws.transport.write(b"".join(call(uid, method, size) for uid in range(1, count + 1)))
+            async with asyncio.timeout(5 * UNIT):
+                await service.first.wait()
+            assert not await happens(service.over, 2 * UNIT), service.made
+            ws.transport.resume_reading()
+            uids: set[int] = set()
+            async with asyncio.timeout(30 * UNIT):
+                while len(uids) < count:
+                    reply = msgpack.unpackb(await ws.recv(decode=False))
+                    assert reply[0] == 3 and len(reply[2]) == size
+                    uids.add(reply[1])
+            assert service.made == count
