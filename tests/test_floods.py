@@ -28,8 +28,11 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from wsrpc._msgpack_scan import MAX_CONTAINERS
+
+from .conftest import TRANSPORT, UNIT, AnyAcceptor, running_server, url_of
 
 MiB = 2**20
 
@@ -191,3 +194,50 @@ async def test_answers_to_a_peer_that_never_reads_stay_bounded(method: str) -> N
                     assert reply[0] == 3 and len(reply[2]) == size
                     uids.add(reply[1])
             assert service.made == count
+
+
+# -- decode cost -----------------------------------------------------------------------
+
+
+def tree_of_small_arrays(levels: int) -> bytes:
+    """fixarrays of 15, ``levels`` deep, of empty arrays: no 16- or 32-bit header at all."""
+    node = b"\x90"
+    for _ in range(levels):
+        node = b"\x9f" + node * 15
+    return node
+
+
+class Echo:
+    def echo(self, value: Any) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+async def test_a_valid_frame_of_too_many_containers_is_refused_with_1009(
+    compression: bool,
+) -> None:
+    if compression and TRANSPORT != "websockets":
+        pytest.skip("compression needs transport='websockets'")
+    tree = tree_of_small_arrays(5)  # 813,616 bytes, 813,616 arrays
+    assert b"\xdc" not in tree and b"\xdd" not in tree
+    frame = b"\x94\x02\x01\xa4echo\x91" + tree
+    assert len(tree) > MAX_CONTAINERS
+    options: dict[str, Any] = {"compression": True} if compression else {}
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(Echo())
+
+    async with running_server(handler, **options) as server:
+        async with raw_client(url_of(server), compression=compression) as ws:
+            # A frame of MAX_CONTAINERS arrays still decodes and is answered.
+            # (the message, its arguments, one array32 of MAX_CONTAINERS - 3).
+            fits = b"\x94\x02\x01\xa4echo\x91\xdd" + (MAX_CONTAINERS - 3).to_bytes(4, "big")
+            await ws.send(fits + b"\x90" * (MAX_CONTAINERS - 3))
+            async with asyncio.timeout(5 * UNIT):
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 1, 1]
+            await ws.send(frame)
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5 * UNIT):
+                    await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009
