@@ -448,9 +448,11 @@ class Communicator:
         uid = call.uid
         _serving.set((self, uid))  # this task's own context: calls it makes are nested
         try:
+            value: Any
             try:
                 coro = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
-                result = await coro
+                value = await coro
+                failed = False
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -459,45 +461,61 @@ class Communicator:
                     return
                 # The method raised CancelledError by itself: the caller
                 # still waits for an answer, so it gets an error.
-                frame = self._protocol.send_error(
-                    uid, RemoteError("CancelledError", "the call was cancelled")
-                )
+                value = RemoteError("CancelledError", "the call was cancelled")
+                failed = True
             except Exception as exc:
-                frame = self._protocol.send_error(uid, exc)
+                value, failed = exc, True
+            if self.closed is not None:
+                self._protocol.drop_incoming(uid)
+                return
+            channel = self._channel
+            turn = self._write_turn
+            if channel.writing_paused or (turn is not None and turn.locked()):
+                await self._answer(uid, value, failed)
             else:
-                frame = self._protocol.send_return(uid, result)
-            if self.closed is None:
-                channel = self._channel
-                turn = self._write_turn
-                if channel.writing_paused or (turn is not None and turn.locked()):
-                    await self._answer(frame)
-                else:
-                    self._send_quietly(frame)
+                protocol = self._protocol
+                frame = (
+                    protocol.send_error(uid, value) if failed else protocol.send_return(uid, value)
+                )
+                self._send_quietly(frame)
         finally:
             del self._running[uid]
             if self._nested:
                 self._nested.discard(uid)
             self._pump_backlog()
 
-    async def _answer(self, frame: bytes | str) -> None:
+    async def _answer(self, uid: int, value: Any, failed: bool) -> None:
         """
-        Send an async call's answer once the write buffer has room, in turn.
+        Answer call ``uid`` once the write buffer has room, in turn.
 
         The call keeps its slot meanwhile, so no other call starts: answers
-        wait in the tasks that made them (at most ``max_calls``), and the
-        write buffer holds at most one answer over its high-water mark.
+        wait, not yet encoded, in the tasks that made them (at most
+        ``max_calls``), and the write buffer holds at most one answer over
+        its high-water mark.
         """
         if self._write_turn is None:
             self._write_turn = asyncio.Lock()
         channel = self._channel
-        async with self._write_turn:
-            while channel.writing_paused and self.closed is None and not channel.is_closing:
-                try:
-                    await channel.drain()
-                except ConnectionError:
-                    return  # the connection is gone: the channel reports it
-            if self.closed is None:
-                self._send_quietly(frame)
+        protocol = self._protocol
+        try:
+            async with self._write_turn:
+                while channel.writing_paused and self.closed is None and not channel.is_closing:
+                    try:
+                        await channel.drain()
+                    except ConnectionError:
+                        break  # the connection is gone: the channel reports it
+                if self.closed is None:
+                    frame = (
+                        protocol.send_error(uid, value)
+                        if failed
+                        else protocol.send_return(uid, value)
+                    )
+                    self._send_quietly(frame)
+                    return
+        except asyncio.CancelledError:
+            protocol.drop_incoming(uid)  # cancelled by the peer or the close: no reply
+            raise
+        protocol.drop_incoming(uid)
 
     def _pump_backlog(self) -> None:
         backlog = self._backlog
