@@ -241,3 +241,31 @@ async def test_a_valid_frame_of_too_many_containers_is_refused_with_1009(
                     await ws.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 1009
+
+
+async def test_a_connection_over_its_decode_budget_is_not_read_until_the_window_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A budget of nothing: the first message over 256 bytes spends it, and
+    # the next one, in the same write, waits for the window to end.
+    window = 4 * UNIT
+    monkeypatch.setattr("wsrpc._communicator.DECODE_BUDGET", 0.0, raising=False)
+    monkeypatch.setattr("wsrpc._communicator.DECODE_WINDOW", window, raising=False)
+    service = Held()
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        await acceptor.accept(service)
+
+    async with running_server(handler) as server:
+        async with raw_client(url_of(server)) as ws:
+            pad = "x" * 300
+            ws.transport.write(call(1, "record", "a" + pad) + call(2, "record", "b" + pad))
+            async with asyncio.timeout(5 * UNIT):
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 1, "a" + pad]
+            assert service.late == ["a" + pad]
+            waited = asyncio.get_running_loop().time()
+            service.over.clear()  # record("a") set it; record("b") would again
+            assert not await happens(service.over, window / 4), service.late
+            async with asyncio.timeout(window + 5 * UNIT):
+                assert msgpack.unpackb(await ws.recv(decode=False)) == [3, 2, "b" + pad]
+            assert asyncio.get_running_loop().time() - waited > window / 4

@@ -47,6 +47,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -69,6 +70,14 @@ _serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.
 )
 """The communicator and the incoming call id the current task is serving."""
 
+
+DECODE_BUDGET = 0.1
+"""Seconds of decoding one connection may cost per :data:`DECODE_WINDOW` (10 %)."""
+DECODE_WINDOW = 1.0
+"""Seconds over which :data:`DECODE_BUDGET` is counted."""
+_TIMED_ABOVE = 256
+"""Messages over this many bytes have their decoding timed; smaller ones cost
+at most tens of microseconds, like the handling of any message."""
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 """Result types that are never awaitable (skips inspect.isawaitable's ABC check)."""
@@ -137,6 +146,11 @@ class Communicator:
         # write buffer. Reading resumes when neither holds.
         self._backlog_full = False
         self._draining = False
+        # Decoding time spent in the current window, and when it began; a
+        # connection over its budget is not read until the window ends.
+        self._decode_spent = 0.0
+        self._decode_window = 0.0
+        self._decode_throttled = False
         # Answers of async calls take turns here while the write buffer is
         # full (see _answer); made on first use.
         self._write_turn: asyncio.Lock | None = None
@@ -293,7 +307,7 @@ class Communicator:
             self._update_reading()
 
     def _update_reading(self) -> None:
-        if self._backlog_full or self._draining:
+        if self._backlog_full or self._draining or self._decode_throttled:
             self._channel.pause_reading()
         else:
             self._channel.resume_reading()
@@ -348,12 +362,18 @@ class Communicator:
         """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
             return  # nobody can answer it any more
+        timed = len(data) > _TIMED_ABOVE
+        if timed:
+            started = time.perf_counter()
         try:
             message = self._protocol.receive(data)
         except ProtocolError as exc:
             logger.info("closing connection: %s", exc)
             self._abort(exc.code, exc.reason)
             return
+        finally:
+            if timed:
+                self._count_decoding(started)
         kind = type(message)
         if kind is Return:
             assert isinstance(message, Return)
@@ -370,6 +390,25 @@ class Communicator:
                 future.set_exception(RemoteError(message.name, message.message, message.traceback))
         elif message is not None:  # Cancel
             self._on_cancel(message.uid)
+
+    def _count_decoding(self, started: float) -> None:
+        """Charge the decoding that began at ``started``; stop reading when over budget."""
+        now = time.perf_counter()
+        if now - self._decode_window >= DECODE_WINDOW:
+            self._decode_window = started
+            self._decode_spent = 0.0
+        self._decode_spent += now - started
+        if self._decode_spent > DECODE_BUDGET and not self._decode_throttled:
+            # A peer sending frames that are expensive to decode (valid
+            # ones: trees of small arrays): read it again when the window ends.
+            self._decode_throttled = True
+            self._update_reading()
+            self._loop.call_later(self._decode_window + DECODE_WINDOW - now, self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._decode_throttled = False
+        if self.closed is None:
+            self._update_reading()
 
     def _abort(self, code: int, reason: str) -> None:
         self._finish(ConnectionClosedError(code, reason))
