@@ -393,6 +393,8 @@ class Communicator:
 
     def _count_decoding(self, started: float) -> None:
         """Charge the decoding that began at ``started``; stop reading when over budget."""
+        if self.closed is not None:
+            return  # closing (maybe because of this message): the close must be read
         now = time.perf_counter()
         if now - self._decode_window >= DECODE_WINDOW:
             self._decode_window = started
