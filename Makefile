@@ -54,7 +54,7 @@ screenshot: $(STAMP) browser
 # The tests that exercise a transport run a second time on the fast one
 # (picows), as the default of every server and connector they make; the
 # sans-I/O, typing, example and interop tests do not depend on it.
-TRANSPORT_TESTS := tests/test_calls.py tests/test_close.py tests/test_handshake.py \
+TRANSPORT_TESTS := tests/test_calls.py tests/test_floods.py tests/test_close.py tests/test_handshake.py \
 	tests/test_connections.py tests/test_hostile.py tests/test_load.py \
 	tests/test_faults.py tests/test_sync.py tests/test_idioms.py tests/test_lifetime.py \
 	tests/test_caps.py tests/test_stalled_peers.py

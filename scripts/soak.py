@@ -104,6 +104,9 @@ class Soak:
         await asyncio.sleep(0)
         return value
 
+    def blob(self, size: int) -> bytes:
+        return b"b" * min(int(size), MAX_MESSAGE_SIZE - 64)
+
     def fail(self, message: str) -> None:
         raise ValueError(message)
 
@@ -467,6 +470,76 @@ async def case_flood(url: str, rng: random.Random) -> None:
         ws.transport.abort()
 
 
+def client_frame(payload: bytes) -> bytes:
+    """A masked binary client frame (zero key), to write many in one TCP write."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x82, 0x80 | size])
+    elif size < 2**16:
+        head = bytes([0x82, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def case_one_read_flood(url: str, rng: random.Random) -> None:
+    # 3,000 calls to a slow method in one write, after one large frame
+    # (which grows picows' read buffer): the server takes them up to its
+    # bounds, holds the rest undecoded. Then a clean close.
+    ws = await opened(url)
+    try:
+        await ws.send(msgpack.packb([2, 1, "echo", [b"x" * 100_000]]))
+        async with asyncio.timeout(10):
+            await ws.recv()
+        ws.transport.write(
+            b"".join(client_frame(msgpack.packb([2, uid, "slow", [2]])) for uid in range(2, 3_002))
+        )
+        await ws.send(msgpack.packb([5, 2]))  # read (or not) once the backlog moves
+        await ws.close()
+    finally:
+        ws.transport.abort()
+
+
+async def case_unread_answers(url: str, rng: random.Random) -> None:
+    # 300 calls for large answers in one write, never reading them: the
+    # server stops at its write buffer's bound. Then vanish.
+    ws = await opened(url)
+    try:
+        ws.transport.pause_reading()
+        ws.transport.write(
+            b"".join(
+                client_frame(msgpack.packb([2, uid, "blob", [MAX_MESSAGE_SIZE]]))
+                for uid in range(1, 301)
+            )
+        )
+        await asyncio.sleep(rng.uniform(0.1, 1.0))  # let it answer what it will
+    finally:
+        ws.transport.abort()
+
+
+def small_arrays(levels: int) -> bytes:
+    """A tree of fixarrays of 15, ``levels`` deep: no 16- or 32-bit header at all."""
+    node = b"\x90"
+    for _ in range(levels):
+        node = b"\x9f" + node * 15
+    return node
+
+
+async def case_expensive_frame(url: str, rng: random.Random) -> None:
+    # Valid, but more arrays than MAX_CONTAINERS (4 x 54,241): refused, 1009.
+    # Under the budget (2 x 54,241): decoded and answered.
+    ws = await opened(url)
+    try:
+        head = msgpack.packb([2, 1, "echo", [None]])[:-2]
+        await ws.send(head + b"\x91\x92" + small_arrays(4) * 2)
+        async with asyncio.timeout(10):
+            assert msgpack.unpackb(await ws.recv(decode=False))[:2] == [3, 1]
+        await ws.send(head + b"\x91\x94" + small_arrays(4) * 4)
+        await expect_close(ws, {1009})
+    finally:
+        ws.transport.abort()
+
+
 async def case_cancel_storm(url: str, rng: random.Random) -> None:
     ws = await opened(url)
     try:
@@ -538,6 +611,9 @@ CASES: list[tuple[str, Callable[[str, random.Random], Awaitable[None]]]] = [
     ("abrupt disconnect", case_abrupt_disconnect),
     ("stale replies", case_stale_replies),
     ("bad upgrade", case_bad_upgrade),
+    ("one-read flood", case_one_read_flood),
+    ("unread answers", case_unread_answers),
+    ("expensive frame", case_expensive_frame),
 ]
 SILENT_CASES = [("silent tcp", case_silent_tcp), ("silent websocket", case_silent_websocket)]
 

@@ -30,6 +30,19 @@ Scenarios (``--only NAME`` runs one; all run by default):
     client reads again and every callback must complete. Run twice: the slow
     client advertising the default ``max_concurrent_calls`` (128), then a
     hostile one advertising 1,000,000.
+``one-read``
+    Floods that arrive in one TCP read (the hardening issue, round two,
+    item 4): 3,000 calls to the slow method in one 48 KB write, after one
+    large frame (on picows, it grows the connection's read buffer); then
+    300 calls to a method returning 1 MiB, in one 6 KB write, from a client
+    that never reads (plain and async methods). Reports the calls the server
+    holds for the connection (running, queued, and messages read but not
+    yet decoded) and the bytes in its write buffer, at their peak.
+``expensive-frames``
+    An attacker streams valid frames that are expensive to decode (item 5):
+    trees of small arrays just under the per-frame container budget, then
+    800 KB ones over it (refused with 1009, reconnecting each time), while
+    an honest client times calls; reports its p50/p99 before and during.
 ``rejected-headers``
     60 clients in a row, each sending a valid header of about 1 MiB of empty
     msgpack maps (some 64 MiB once decoded) and rejected with 4001 by the
@@ -109,6 +122,7 @@ class ServerState:
         self.fired: dict[str, dict[str, int]] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self.close_seconds: float | None = None
+        self.blobs = 0
 
 
 class Service:
@@ -145,6 +159,21 @@ class Service:
         await asyncio.sleep(0)
         return x + 1
 
+    def size(self, data: bytes) -> int:
+        return len(data)
+
+    def blob(self, size: int) -> bytes:
+        self._state.blobs += 1
+        return b"b" * size
+
+    async def ablob(self, size: int) -> bytes:
+        self._state.blobs += 1
+        await asyncio.sleep(0)
+        return b"a" * size
+
+    def echo(self, *values: Any) -> int:
+        return 1
+
 
 class Control:
     """The control connection's provider: numbers and commands."""
@@ -167,6 +196,27 @@ class Control:
             "slow_done": state.slow_done,
             "top_level": {"calls": sum(top.values()), "distinct": len(top), "digest": digest},
             "fired": state.fired,
+        }
+
+    def held(self, name: str) -> dict[str, int]:
+        """What the server holds for client ``name``: calls (by kind) and buffered bytes."""
+        acceptor = self._state.acceptors.get(name)
+        communicator = acceptor._communicator if acceptor is not None else None
+        if communicator is None:
+            return {}
+        channel: Any = communicator._channel
+        held = channel._held or ()
+        if hasattr(channel, "ws"):
+            buffered = channel.ws.transport.get_write_buffer_size()
+        else:
+            buffered = channel._transport.underlying_transport.get_write_buffer_size()
+        return {
+            "running": len(communicator._running),
+            "queued": len(communicator._backlog or ()),
+            "undecoded": len(held),
+            "undecoded_bytes": sum(len(message) for message in held),
+            "write_buffer": buffered,
+            "blobs": self._state.blobs,
         }
 
     def hold(self) -> None:
@@ -567,6 +617,174 @@ async def flood(seconds: float, honest_calls: int) -> None:
     log(f"flood: {row.verdict}")
 
 
+# -- scenario: floods in one read ---------------------------------------------------------
+
+
+def client_frame(payload: bytes) -> bytes:
+    """A masked binary client frame (zero key: the payload goes as it is)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x82, 0x80 | size])
+    elif size < 2**16:
+        head = bytes([0x82, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def raw_connection(url: str, name: str) -> Any:
+    raw = await ws_connect(url, max_size=None, ping_interval=None)
+    await raw.send(msgpack.packb([0, 1, name, {}]))
+    assert msgpack.unpackb(await raw.recv(decode=False))[0] == 1
+    return raw
+
+
+async def peak_held(server: ServerHandle, name: str, seconds: float) -> dict[str, int]:
+    """The largest of each figure held() reports over ``seconds``."""
+    peak: dict[str, int] = collections.Counter()
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        now = await server.control.get_driver().held(name)
+        for key, value in now.items():
+            peak[key] = max(peak[key], value)
+        now["calls"] = now.get("running", 0) + now.get("queued", 0) + now.get("undecoded", 0)
+        peak["calls"] = max(peak["calls"], now["calls"])
+    return dict(peak)
+
+
+async def one_read(calls: int, blobs: int) -> None:
+    row = Row("one-read")
+    ROWS.append(row)
+    limit = 128
+    log(f"one-read: {calls} slow calls in one write; {blobs} x 1 MiB answers to a non-reader")
+    server = await start_server(max_concurrent_calls=limit, max_message_size=2 * MiB)
+    start_stats = await server.stats()
+    peak = start_stats["VmRSS"]
+    await server.control.get_driver().hold()
+    raw = await raw_connection(server.url, "flood1")
+    # One large frame first: picows keeps a read buffer that fits it.
+    await raw.send(msgpack.packb([2, 1, "size", [b"x" * 200_000]]))
+    assert msgpack.unpackb(await raw.recv(decode=False)) == [3, 1, 200_000]
+    data = b"".join(
+        client_frame(msgpack.packb([2, uid, "slow", [uid, b""]])) for uid in range(2, calls + 2)
+    )
+    raw.transport.write(data)
+    held = await peak_held(server, "flood1", 2.0)
+    peak = max(peak, (await server.stats())["VmHWM"])
+    await server.control.get_driver().release()
+    answered = 1
+    while answered < calls + 1:
+        await asyncio.wait_for(raw.recv(decode=False), 60)
+        answered += 1
+    await raw.close()
+    bound = 2 * limit
+    row.details.append(
+        f"{calls} calls in one {len(data) / 1000:.0f} KB write: held at most "
+        f"{held.get('calls', 0)} (running {held.get('running', 0)}, queued "
+        f"{held.get('queued', 0)}, undecoded {held.get('undecoded', 0)} = "
+        f"{held.get('undecoded_bytes', 0) / 1024:.1f} KiB); all answered after release"
+    )
+    ok = held.get("running", 0) + held.get("queued", 0) <= bound
+    for method in ("blob", "ablob"):
+        name = f"reader-{method}"
+        raw = await raw_connection(server.url, name)
+        before = (await server.control.get_driver().held(name))["blobs"]
+        raw.transport.pause_reading()
+        size = MiB - 64
+        data = b"".join(
+            client_frame(msgpack.packb([2, uid, method, [size]])) for uid in range(1, blobs + 1)
+        )
+        raw.transport.write(data)
+        held = await peak_held(server, name, 3.0)
+        stats = await server.stats()
+        peak = max(peak, stats["VmHWM"])
+        row.details.append(
+            f"{blobs} x {method}(1 MiB) in one {len(data) / 1000:.1f} KB write, never read: "
+            f"write buffer at most {held.get('write_buffer', 0) / MiB:.2f} MiB, "
+            f"{held.get('blobs', 0) - before} answers made, server RSS "
+            f"{stats['VmRSS'] - start_stats['VmRSS']:+.0f} MiB"
+        )
+        ok = ok and held.get("write_buffer", 0) <= 4 * MiB
+        raw.transport.resume_reading()
+        for _ in range(blobs):
+            await asyncio.wait_for(raw.recv(decode=False), 60)
+        await raw.close()
+    row.verdict = "OK" if ok else "FAIL"
+    row.errors = int(not ok)
+    end_stats = await server.stats()
+    memory_cells(row, start_stats, peak, end_stats)
+    await server.stop()
+    log(f"one-read: {row.verdict}")
+
+
+# -- scenario: frames that are expensive to decode -------------------------------------------
+
+
+def tree_of_small_arrays(levels: int, width: int = 15) -> bytes:
+    node = b"\x90"
+    for _ in range(levels):
+        node = bytes([0x90 | width]) + node * width
+    return node
+
+
+async def expensive_frames(seconds: float) -> None:
+    row = Row("expensive-frames")
+    ROWS.append(row)
+    log(f"expensive-frames: {seconds:.0f} s under the budget, {seconds:.0f} s over it")
+    server = await start_server()
+    start_stats = await server.stats()
+    honest: wsrpc.WebSocketConnector[str, None, SlowRemote] = wsrpc.WebSocketConnector(
+        "honest", ping_interval=None
+    )
+    await honest.connect(server.url)
+    fast = honest.get_driver().fast
+    base = await timed_calls(fast, 500)
+    row.details.append(f"honest alone: {latency_text(base)}")
+    # Two trees of 54,241 arrays (108 KB): under MAX_CONTAINERS, and with
+    # no 16- or 32-bit header, so that the structure walk skips it too.
+    under = msgpack.packb([2, 1, "echo", [None, None]])[:-2] + tree_of_small_arrays(4) * 2
+    over = msgpack.packb([2, 1, "echo", [None]])[:-1] + tree_of_small_arrays(5)  # 813,616 arrays
+    peak = start_stats["VmRSS"]
+    for name, frame in (("under", under), ("over", over)):
+        stop = asyncio.Event()
+        sent = 0
+
+        async def attack(frame: bytes = frame, stop: asyncio.Event = stop) -> None:
+            nonlocal sent
+            raw = await raw_connection(server.url, "attacker")
+            uid = 1
+            while not stop.is_set():
+                payload = frame.replace(b"\x94\x02\x01", b"\x94\x02" + msgpack.packb(uid), 1)
+                try:
+                    await raw.send(payload)
+                    sent += 1
+                    await raw.recv(decode=False)  # the answer, or the close
+                except Exception:
+                    await raw.close()
+                    raw = await raw_connection(server.url, "attacker")
+                uid += 1
+            await raw.close()
+
+        task = asyncio.ensure_future(attack())
+        began = time.perf_counter()
+        latencies: list[float] = []
+        while time.perf_counter() - began < seconds:
+            latencies += await timed_calls(fast, 50)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        peak = max(peak, (await server.stats())["VmHWM"])
+        row.details.append(
+            f"attacker streaming {len(frame) / 1000:.0f} KB frames ({name} the budget, "
+            f"{sent} sent): honest {latency_text(latencies)}"
+        )
+    await honest.close()
+    row.verdict = "OK"
+    end_stats = await server.stats()
+    memory_cells(row, start_stats, peak, end_stats)
+    await server.stop()
+    log(f"expensive-frames: {row.verdict}")
+
+
 # -- scenario: slow reader ------------------------------------------------------------------
 
 
@@ -808,6 +1026,10 @@ async def main(args: argparse.Namespace) -> int:
         await nested("nested", 10, int(10_000 * scale), 100_000, args.stall)
     if only in (None, "flood"):
         await flood(args.flood_seconds, int(20_000 * scale))
+    if only in (None, "one-read"):
+        await one_read(3_000, 300)
+    if only in (None, "expensive-frames"):
+        await expensive_frames(args.flood_seconds)
     if only in (None, "slow-reader"):
         await slow_reader(int(10_000 * scale), 128, args.hold_seconds)
         await slow_reader(int(10_000 * scale), 1_000_000, args.hold_seconds)
@@ -828,6 +1050,8 @@ if __name__ == "__main__":
             "nested-default",
             "nested",
             "flood",
+            "one-read",
+            "expensive-frames",
             "slow-reader",
             "rejected-headers",
             "shutdown",

@@ -50,6 +50,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -70,6 +71,14 @@ _serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.
 )
 """The communicator and the incoming call id the current task is serving."""
 
+
+DECODE_BUDGET = 0.1
+"""Seconds of decoding one connection may cost per :data:`DECODE_WINDOW` (10 %)."""
+DECODE_WINDOW = 1.0
+"""Seconds over which :data:`DECODE_BUDGET` is counted."""
+_TIMED_ABOVE = 256
+"""Messages over this many bytes have their decoding timed; smaller ones cost
+at most tens of microseconds, like the handling of any message."""
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 """Result types that are never awaitable (skips inspect.isawaitable's ABC check)."""
@@ -139,6 +148,14 @@ class Communicator:
         # write buffer. Reading resumes when neither holds.
         self._backlog_full = False
         self._draining = False
+        # Decoding time spent in the current window, and when it began; a
+        # connection over its budget is not read until the window ends.
+        self._decode_spent = 0.0
+        self._decode_window = 0.0
+        self._decode_throttled = False
+        # Answers of async calls take turns here while the write buffer is
+        # full (see _answer); made on first use.
+        self._write_turn: asyncio.Lock | None = None
         # We never have more calls in flight to the peer than it runs at once,
         # nor more than we run ourselves: a peer advertising a huge limit (or
         # none: TGrid) must not make us buffer without bound.
@@ -280,12 +297,14 @@ class Communicator:
     async def _drain(self) -> None:
         try:
             await self._channel.drain()
+        except ConnectionError:
+            pass  # the connection is gone (websockets' drain raises it): the channel reports it
         finally:
             self._draining = False
             self._update_reading()
 
     def _update_reading(self) -> None:
-        if self._backlog_full or self._draining:
+        if self._backlog_full or self._draining or self._decode_throttled:
             self._channel.pause_reading()
         else:
             self._channel.resume_reading()
@@ -340,12 +359,18 @@ class Communicator:
         """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
             return  # nobody can answer it any more
+        timed = len(data) > _TIMED_ABOVE
+        if timed:
+            started = time.perf_counter()
         try:
             message = self._protocol.receive(data)
         except ProtocolError as exc:
             logger.info("closing connection: %s", exc)
             self._abort(exc.code, exc.reason)
             return
+        finally:
+            if timed:
+                self._count_decoding(started)
         kind = type(message)
         if kind is Return:
             assert isinstance(message, Return)
@@ -362,6 +387,27 @@ class Communicator:
                 future.set_exception(RemoteError(message.name, message.message, message.traceback))
         elif message is not None:  # Cancel
             self._on_cancel(message.uid)
+
+    def _count_decoding(self, started: float) -> None:
+        """Charge the decoding that began at ``started``; stop reading when over budget."""
+        if self.closed is not None:
+            return  # closing (maybe because of this message): the close must be read
+        now = time.perf_counter()
+        if now - self._decode_window >= DECODE_WINDOW:
+            self._decode_window = started
+            self._decode_spent = 0.0
+        self._decode_spent += now - started
+        if self._decode_spent > DECODE_BUDGET and not self._decode_throttled:
+            # A peer sending frames that are expensive to decode (valid
+            # ones: trees of small arrays): read it again when the window ends.
+            self._decode_throttled = True
+            self._update_reading()
+            self._loop.call_later(self._decode_window + DECODE_WINDOW - now, self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._decode_throttled = False
+        if self.closed is None:
+            self._update_reading()
 
     def _abort(self, code: int, reason: str) -> None:
         self._finish(ConnectionClosedError(code, reason))
@@ -448,9 +494,11 @@ class Communicator:
         uid = call.uid
         _serving.set((self, uid))  # this task's own context: calls it makes are nested
         try:
+            value: Any
             try:
                 coro = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
-                result = await coro
+                value = await coro
+                failed = False
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -459,15 +507,23 @@ class Communicator:
                     return
                 # The method raised CancelledError by itself: the caller
                 # still waits for an answer, so it gets an error.
-                frame = self._protocol.send_error(
-                    uid, RemoteError("CancelledError", "the call was cancelled")
-                )
+                value = RemoteError("CancelledError", "the call was cancelled")
+                failed = True
             except Exception as exc:
                 self._log_error(call, exc)
-                frame = self._protocol.send_error(uid, exc)
+                value, failed = exc, True
+            if self.closed is not None:
+                self._protocol.drop_incoming(uid)
+                return
+            channel = self._channel
+            turn = self._write_turn
+            if channel.writing_paused or (turn is not None and turn.locked()):
+                await self._answer(uid, value, failed)
             else:
-                frame = self._protocol.send_return(uid, result)
-            if self.closed is None:
+                protocol = self._protocol
+                frame = (
+                    protocol.send_error(uid, value) if failed else protocol.send_return(uid, value)
+                )
                 self._send_quietly(frame)
         finally:
             del self._running[uid]
@@ -488,6 +544,39 @@ class Communicator:
                 type(exc).__name__,
                 exc_info=exc,
             )
+
+    async def _answer(self, uid: int, value: Any, failed: bool) -> None:
+        """
+        Answer call ``uid`` once the write buffer has room, in turn.
+
+        The call keeps its slot meanwhile, so no other call starts: answers
+        wait, not yet encoded, in the tasks that made them (at most
+        ``max_calls``), and the write buffer holds at most one answer over
+        its high-water mark.
+        """
+        if self._write_turn is None:
+            self._write_turn = asyncio.Lock()
+        channel = self._channel
+        protocol = self._protocol
+        try:
+            async with self._write_turn:
+                while channel.writing_paused and self.closed is None and not channel.is_closing:
+                    try:
+                        await channel.drain()
+                    except ConnectionError:
+                        break  # the connection is gone: the channel reports it
+                if self.closed is None:
+                    frame = (
+                        protocol.send_error(uid, value)
+                        if failed
+                        else protocol.send_return(uid, value)
+                    )
+                    self._send_quietly(frame)
+                    return
+        except asyncio.CancelledError:
+            protocol.drop_incoming(uid)  # cancelled by the peer or the close: no reply
+            raise
+        protocol.drop_incoming(uid)
 
     def _pump_backlog(self) -> None:
         backlog = self._backlog

@@ -158,6 +158,7 @@ class PicowsChannel(Channel, WSListener):
         "_gone",
         "_gone_waiters",
         "_held",
+        "_held_size",
         "_loop",
         "_loss_timer",
         "_max_size",
@@ -202,7 +203,10 @@ class PicowsChannel(Channel, WSListener):
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
-        self._held: list[bytes | str] | None = []
+        # Messages not delivered yet: those that arrived before start(), and
+        # those read while reading is paused (see pause_reading()).
+        self._held: deque[bytes | str] | None = None
+        self._held_size = 0
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_text = False
@@ -368,11 +372,17 @@ class PicowsChannel(Channel, WSListener):
         else:
             message = frame.get_payload_as_bytes()
         on_message = self._on_message
-        if on_message is not None:
+        if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
-        else:
-            assert self._held is not None
-            self._held.append(message)
+            return
+        # Not started, or paused: picows goes on parsing the frames already
+        # in its read buffer after the socket stops reading. Hold them,
+        # undecoded, until start() or resume_reading(): what a paused
+        # channel holds is bounded by one read.
+        if self._held is None:
+            self._held = deque()
+        self._held.append(message)
+        self._held_size += len(message)
 
     def _close_frame(self, frame: WSFrame) -> None:
         code = frame.get_close_code().value or _NO_STATUS
@@ -398,9 +408,7 @@ class PicowsChannel(Channel, WSListener):
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_close_frame = on_close_frame
-        held, self._held = self._held, None
-        for message in held or ():
-            on_message(message)
+        self._deliver_held()
         if self._gone:
             self._drop_callbacks()
             on_lost()
@@ -411,19 +419,42 @@ class PicowsChannel(Channel, WSListener):
         # memory would wait for a full garbage collection.
         self._on_message = self._on_lost = self._on_close_frame = None
 
+    def _deliver_held(self) -> None:
+        """Deliver held messages, in order, until none is left or reading pauses."""
+        held = self._held
+        while held and not self._reading_paused:
+            on_message = self._on_message
+            if on_message is None:
+                return
+            message = held.popleft()
+            self._held_size -= len(message)
+            on_message(message)
+        if self._held is not None and not self._held:
+            self._held = None
+            self._held_size = 0
+
     def pause_reading(self) -> None:
+        # Takes effect at once, on the next frame: those picows still has in
+        # its read buffer wait in _held.
         if not self._reading_paused and not self._gone:
             self._reading_paused = True
             self._transport.underlying_transport.pause_reading()
             self._loss_timer = self._loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
 
     def resume_reading(self) -> None:
+        # The messages held while paused go first; if one of them pauses
+        # reading again, the rest wait for the next resume_reading().
         if self._reading_paused and not self._gone:
             self._reading_paused = False
-            self._transport.underlying_transport.resume_reading()
             if self._loss_timer is not None:
                 self._loss_timer.cancel()
                 self._loss_timer = None
+            if self._closing:
+                self._held = None  # as frames that arrive once closing has begun
+                self._held_size = 0
+            self._deliver_held()
+            if not self._reading_paused and not self._gone:
+                self._transport.underlying_transport.resume_reading()
 
     def _check_lost(self) -> None:
         """While reading is paused: has the peer reset or closed the connection?"""

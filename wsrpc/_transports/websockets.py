@@ -36,6 +36,7 @@ import asyncio
 import http
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -103,6 +104,7 @@ class WebsocketsChannel(Channel):
         "_fragments_text",
         "_gone",
         "_held",
+        "_held_size",
         "_loss_timer",
         "_on_close_frame",
         "_on_lost",
@@ -127,7 +129,10 @@ class WebsocketsChannel(Channel):
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
-        self._held: list[bytes | str] | None = None
+        # Messages not delivered yet: those that arrived before start(), and
+        # those read while reading is paused (see pause_reading()).
+        self._held: deque[bytes | str] | None = None
+        self._held_size = 0
         self._fragments: list[BytesLike] | None = None
         self._fragments_text = False
         self._gone = False
@@ -147,9 +152,7 @@ class WebsocketsChannel(Channel):
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_close_frame = on_close_frame
-        held, self._held = self._held, None
-        for message in held or ():
-            on_message(message)
+        self._deliver_held()
         if self._gone:
             self._drop_callbacks()
             on_lost()
@@ -159,6 +162,20 @@ class WebsocketsChannel(Channel):
         # the owner and this channel into a cycle, and a closed connection's
         # memory would wait for a full garbage collection.
         self._on_message = self._on_lost = self._on_close_frame = None
+
+    def _deliver_held(self) -> None:
+        """Deliver held messages, in order, until none is left or reading pauses."""
+        held = self._held
+        while held and not self._reading_paused:
+            on_message = self._on_message
+            if on_message is None:
+                return
+            message = held.popleft()
+            self._held_size -= len(message)
+            on_message(message)
+        if self._held is not None and not self._held:
+            self._held = None
+            self._held_size = 0
 
     def _data_frame(self, frame: Frame) -> None:
         """A data frame arrived (from the connection's protocol callback)."""
@@ -196,12 +213,17 @@ class WebsocketsChannel(Channel):
         else:
             message = bytes(data)  # no copy when it is bytes already
         on_message = self._on_message
-        if on_message is not None:
+        if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
-        elif self._held is None:
-            self._held = [message]
-        else:
-            self._held.append(message)
+            return
+        # Not started, or paused: the transport stopped reading, but frames
+        # of the read under way still arrive. Hold them, undecoded, until
+        # start() or resume_reading(): what a paused channel holds is bounded
+        # by one read.
+        if self._held is None:
+            self._held = deque()
+        self._held.append(message)
+        self._held_size += len(message)
 
     def _close_frame(self) -> None:
         """A close frame arrived and websockets processed it."""
@@ -225,14 +247,20 @@ class WebsocketsChannel(Channel):
             on_lost()
 
     def pause_reading(self) -> None:
+        # Takes effect at once, on the next message: those the read under
+        # way still holds wait in _held.
         if not self._reading_paused:
             self._reading_paused = True
             self._apply_reading()
 
     def resume_reading(self) -> None:
+        # The messages held while paused go first; if one of them pauses
+        # reading again, the rest wait for the next resume_reading().
         if self._reading_paused:
             self._reading_paused = False
-            self._apply_reading()
+            self._deliver_held()
+            if not self._reading_paused:
+                self._apply_reading()
 
     def _apply_reading(self) -> None:
         # The owner's pause holds while the connection is open; once closing,
