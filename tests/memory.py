@@ -209,6 +209,7 @@ def communicator(
         "ping_interval": None,
         "ping_timeout": None,
         "call_error_log_level": 10,
+        "close_timeout": 5.0,
         **options,
     }
     return Communicator(channel, protocol, provider, on_closed=closed, **settings), closed

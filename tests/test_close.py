@@ -245,14 +245,24 @@ async def test_server_close_is_bounded_however_the_hooks_behave(
     # bounded by close_timeout; the hooks are cancelled and logged.
     close_timeout = 0.3 * UNIT
     hung: list[str] = []
+    release = asyncio.Event()
+    stubborn_started = asyncio.Event()
 
     async def hang(*args: Any) -> None:
         hung.append("hook")
         await asyncio.Event().wait()
 
+    class Stubborn:
+        async def stubborn(self) -> None:
+            stubborn_started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await release.wait()  # ignores its cancellation until the test ends
+
     async def handler(acceptor: AnyAcceptor) -> None:
         acceptor.on_closed(hang)
-        await acceptor.accept(Hold())
+        await acceptor.accept(Stubborn())
         await asyncio.Event().wait()  # a handler that outlives its connection
 
     server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer(
@@ -268,6 +278,8 @@ async def test_server_close_is_bounded_however_the_hooks_behave(
         connector.on_closed(hang)
         await connector.connect(url_of(server), timeout=5 * UNIT)
         connectors.append(connector)
+    pending = asyncio.ensure_future(connectors[0].get_driver().stubborn())
+    await asyncio.wait_for(stubborn_started.wait(), 5 * UNIT)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.wait_for(server.close(), 4 * close_timeout + 5 * UNIT)
@@ -277,4 +289,9 @@ async def test_server_close_is_bounded_however_the_hooks_behave(
         assert info.code == 1001
     assert loop.time() - started < 6 * close_timeout + 5 * UNIT
     assert hung.count("hook") == 3 + 3  # on_closed ran for the 3 clients, each side
-    assert any("still running after close_timeout" in r.getMessage() for r in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("still running after close_timeout" in message for message in messages)
+    assert any("ignore their cancellation" in message for message in messages)
+    with pytest.raises(wsrpc.ConnectionClosedError):
+        await pending
+    release.set()  # the stubborn method may end now
