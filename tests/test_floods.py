@@ -212,12 +212,15 @@ class Echo:
         return 1
 
 
-@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+# Compression exists on the websockets transport only: on picows the case is
+# not generated (rather than skipped), so the picows run reports no skip.
+COMPRESSIONS = [False, True] if TRANSPORT == "websockets" else [False]
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS, ids=["plain", "deflate"][: len(COMPRESSIONS)])
 async def test_a_valid_frame_of_too_many_containers_is_refused_with_1009(
     compression: bool,
 ) -> None:
-    if compression and TRANSPORT != "websockets":
-        pytest.skip("compression needs transport='websockets'")
     tree = tree_of_small_arrays(5)  # 813,616 bytes, 813,616 arrays
     assert b"\xdc" not in tree and b"\xdd" not in tree
     frame = b"\x94\x02\x01\xa4echo\x91" + tree

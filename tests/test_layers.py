@@ -73,8 +73,12 @@ LAYERS = {
     "connections": CONNECTIONS,
     "front ends": FRONT_ENDS,
 }
-ISOLATED = {"wsrpc._transports.base", "wsrpc._transports.assembly", "wsrpc._registry"}
-"""Modules that import nothing of wsrpc at all."""
+ISOLATED = {
+    "wsrpc._transports.base": set(),
+    "wsrpc._transports.assembly": {"wsrpc._transports.base"},
+    "wsrpc._registry": set(),
+}
+"""Modules that import (almost) nothing of wsrpc: what each may import."""
 IO_LIBRARIES = {"asyncio", "socket", "selectors", "threading", "websockets", "picows", "uvloop"}
 
 
@@ -129,7 +133,7 @@ def test_imports_follow_the_layers(name: str) -> None:
     allowed = ALLOWED[layer_of(name)]
     assert wsrpc_imports(name) <= allowed, sorted(wsrpc_imports(name) - allowed)
     if name in ISOLATED:
-        assert wsrpc_imports(name) == set()
+        assert wsrpc_imports(name) <= ISOLATED[name]
 
 
 @pytest.mark.parametrize("name", sorted(CORE & set(MODULES)))

@@ -78,9 +78,9 @@ from picows import (
 
 from .._options import Options
 from ..messages import CloseCode
+from .assembly import Assembler, AssemblyError
 from .base import (
     LOSS_POLL_INTERVAL,
-    MAX_FRAGMENTS,
     STALL_CODE,
     STALL_REASON,
     Channel,
@@ -98,7 +98,7 @@ __all__ = ["HANDSHAKE_TIMEOUT", "PicowsChannel", "connect", "listen"]
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds for the HTTP upgrade, either side (websockets' default ``open_timeout``)."""
 
-_TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 _CLOSE, _PING, _PONG = WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG
 _NO_STATUS = 1005  # a close frame without a code: received only, never on the wire
 # picows reads into a buffer of its own per connection, 16 KiB unless told,
@@ -149,19 +149,16 @@ class PicowsChannel(Channel, WSListener):
     # dict would cost more than the slots.
     __slots__ = (
         "_abort_timer",
+        "_assembler",
         "_close_timeout",
         "_closing",
         "_drain_waiters",
-        "_fragments",
-        "_fragments_size",
-        "_fragments_text",
         "_gone",
         "_gone_waiters",
         "_held",
         "_held_size",
         "_loop",
         "_loss_timer",
-        "_max_size",
         "_on_close_frame",
         "_on_connected",
         "_on_lost",
@@ -191,7 +188,6 @@ class PicowsChannel(Channel, WSListener):
         on_connected: Callable[[PicowsChannel], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._max_size = max_message_size
         self._close_timeout = close_timeout
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -207,9 +203,7 @@ class PicowsChannel(Channel, WSListener):
         # those read while reading is paused (see pause_reading()).
         self._held: deque[bytes | str] | None = None
         self._held_size = 0
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
-        self._fragments_text = False
+        self._assembler = Assembler(max_message_size)
         self._reading_paused = False
         # sending
         # Flags, and lists of waiters made only while someone waits, rather
@@ -267,7 +261,7 @@ class PicowsChannel(Channel, WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
-        self._fragments = None
+        self._assembler.reset()
         self._writing_paused = False
         self._pending_pong = None
         _wake(self._drain_waiters)
@@ -326,51 +320,20 @@ class PicowsChannel(Channel, WSListener):
     # -- receiving --------------------------------------------------------------
 
     def _data_frame(self, frame: WSFrame, msg_type: WSMsgType) -> None:
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self._fail(CloseCode.PROTOCOL_ERROR, "reserved bit set, no extension negotiated")
+        try:
+            # picows checks neither the fragment sequence nor the reserved
+            # bits, and bounds frames, not messages: the assembler does it all.
+            message = self._assembler.frame(
+                msg_type.value,
+                frame.fin,
+                frame.get_payload_as_bytes(),
+                reserved=bool(frame.rsv1 or frame.rsv2 or frame.rsv3),
+            )
+        except AssemblyError as exc:
+            self._fail(exc.code, exc.reason)
             return
-        message: bytes | str
-        if msg_type is _CONT:
-            fragments = self._fragments
-            if fragments is None:
-                self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message")
-                return
-            self._fragments_size += frame.payload_size
-            if self._fragments_size > self._max_size:
-                self._fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self._max_size} bytes")
-                return
-            fragments.append(frame.get_payload_as_bytes())
-            if not frame.fin:
-                if len(fragments) > MAX_FRAGMENTS:
-                    self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                return
-            self._fragments = None
-            data = b"".join(fragments)
-            if self._fragments_text:
-                try:
-                    message = data.decode()
-                except UnicodeDecodeError:
-                    self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                    return
-            else:
-                message = data
-        elif self._fragments is not None:
-            self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
-            return
-        elif not frame.fin:
-            # picows' max_frame_size already bounds this first fragment.
-            self._fragments = [frame.get_payload_as_bytes()]
-            self._fragments_size = frame.payload_size
-            self._fragments_text = msg_type is _TEXT
-            return
-        elif msg_type is _TEXT:
-            try:
-                message = frame.get_payload_as_utf8_text()
-            except UnicodeDecodeError:
-                self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return
-        else:
-            message = frame.get_payload_as_bytes()
+        if message is None:
+            return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
@@ -554,7 +517,7 @@ class PicowsChannel(Channel, WSListener):
 
     def _fail(self, code: int, reason: str) -> None:
         """Start the closing handshake because of what the peer sent."""
-        self._fragments = None
+        self._assembler.reset()
         self._send_close(code, reason)
 
     def _send_close(self, code: int, reason: str) -> None:

@@ -51,14 +51,13 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event, Protocol, State
 from websockets.server import ServerProtocol
-from websockets.typing import BytesLike, Origin
+from websockets.typing import Origin
 
 from .._options import Options
 from ..http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
-from ..messages import CloseCode
+from .assembly import Assembler, AssemblyError
 from .base import (
     LOSS_POLL_INTERVAL,
-    MAX_FRAGMENTS,
     STALL_CODE,
     STALL_REASON,
     Channel,
@@ -98,10 +97,9 @@ class WebsocketsChannel(Channel):
 
     __slots__ = (
         "_abort_timer",
+        "_assembler",
         "_closing_soon",
         "_closing_task",
-        "_fragments",
-        "_fragments_text",
         "_gone",
         "_held",
         "_held_size",
@@ -118,7 +116,9 @@ class WebsocketsChannel(Channel):
         "ws",
     )
 
-    def __init__(self, ws: Connection, stall_timeout: float | None = None) -> None:
+    def __init__(
+        self, ws: Connection, max_message_size: int, stall_timeout: float | None = None
+    ) -> None:
         self.ws = ws
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -133,8 +133,7 @@ class WebsocketsChannel(Channel):
         # those read while reading is paused (see pause_reading()).
         self._held: deque[bytes | str] | None = None
         self._held_size = 0
-        self._fragments: list[BytesLike] | None = None
-        self._fragments_text = False
+        self._assembler = Assembler(max_message_size, check_sequence=False, check_reserved=False)
         self._gone = False
         self._reading_paused = False
         self._ping_task: asyncio.Task[None] | None = None
@@ -181,37 +180,14 @@ class WebsocketsChannel(Channel):
         """A data frame arrived (from the connection's protocol callback)."""
         if self.ws.protocol.state is not _OPEN or self._closing_soon:
             return  # closing: nobody can answer it any more
-        opcode = frame.opcode
-        data: BytesLike = frame.data
-        if opcode is _CONT:
-            # websockets checked the sequence: fragments are underway.
-            assert self._fragments is not None
-            self._fragments.append(data)
-            if not frame.fin:
-                if len(self._fragments) > MAX_FRAGMENTS:
-                    # Each costs a frame header and a Python object for a
-                    # few bytes of payload: websockets' own cap, and code.
-                    self._fragments = None
-                    self._close_soon(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                return
-            data = b"".join(self._fragments)
-            self._fragments = None
-            text = self._fragments_text
-        elif not frame.fin:
-            self._fragments = [data]
-            self._fragments_text = opcode is _TEXT
+        try:
+            # websockets checked the sequence, the reserved bits and the size.
+            message = self._assembler.frame(frame.opcode.value, frame.fin, bytes(frame.data))
+        except AssemblyError as exc:
+            self._close_soon(exc.code, exc.reason)
             return
-        else:
-            text = opcode is _TEXT
-        message: bytes | str
-        if text:
-            try:
-                message = str(data, "utf-8")
-            except UnicodeDecodeError:
-                self._close_soon(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return
-        else:
-            message = bytes(data)  # no copy when it is bytes already
+        if message is None:
+            return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
@@ -467,10 +443,12 @@ class _Hooked(Connection):
     channel: WebsocketsChannel
     stall_timeout: float | None = None
     """Set on a subclass per server or client (see :func:`_connection_class`)."""
+    max_message_size: int = 2**20
+    """Likewise."""
 
     def __init__(self, protocol: Protocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
-        self.channel = WebsocketsChannel(self, self.stall_timeout)
+        self.channel = WebsocketsChannel(self, self.max_message_size, self.stall_timeout)
         # websockets makes the protocol; make it hold pongs. Same layout, so
         # changing its class costs nothing per connection.
         if isinstance(protocol, ServerProtocol):
@@ -529,10 +507,14 @@ class _ClientConnection(_Hooked, ClientConnection):
 
 
 def _connection_class(
-    base: type[_ServerConnection] | type[_ClientConnection], stall_timeout: float | None
+    base: type[_ServerConnection] | type[_ClientConnection], options: Options
 ) -> Any:
-    """``base`` with its channels' ``stall_timeout``."""
-    return type(base.__name__, (base,), {"stall_timeout": stall_timeout})
+    """``base`` with its channels' settings (one class per server or client)."""
+    settings = {
+        "stall_timeout": options.stall_timeout,
+        "max_message_size": options.max_message_size,
+    }
+    return type(base.__name__, (base,), settings)
 
 
 # -- the server ------------------------------------------------------------------
@@ -590,7 +572,7 @@ async def listen(
         host,
         port,
         origins=None if origins is None else [cast(Origin | None, o) for o in origins],
-        create_connection=_connection_class(_ServerConnection, options.stall_timeout),
+        create_connection=_connection_class(_ServerConnection, options),
         process_request=process_request if http_handler is not None else None,
         process_response=process_response if http_handler is not None else None,
         **_settings(options),
@@ -645,7 +627,7 @@ async def connect(
             url,
             open_timeout=None,
             additional_headers=list(additional_headers),
-            create_connection=_connection_class(_ClientConnection, options.stall_timeout),
+            create_connection=_connection_class(_ClientConnection, options),
             **_settings(options),
         )
     except WebSocketException as exc:
