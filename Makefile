@@ -47,17 +47,16 @@ $(BROWSER_BUNDLE): $(BROWSER_DEPS) $(BROWSER_EXAMPLE)/package.json $(BROWSER_EXA
 
 browser: $(CHROMIUM) $(BROWSER_BUNDLE)
 
-# docs/img/browser.png, the page as tests/test_browser.py leaves it.
+# docs/img/browser.png, the page as tests/system/test_browser.py leaves it.
 screenshot: $(STAMP) browser
-	WSRPC_UPDATE_SCREENSHOT=1 $(BIN)/python -X dev -m pytest -q tests/test_browser.py -k calls_and_pushes
+	WSRPC_UPDATE_SCREENSHOT=1 $(BIN)/python -X dev -m pytest -q tests/system/test_browser.py -k calls_and_pushes
 
-# The tests that exercise a transport run a second time on the fast one
-# (picows), as the default of every server and connector they make; the
-# sans-I/O, typing, example and interop tests do not depend on it.
-TRANSPORT_TESTS := tests/test_calls.py tests/test_floods.py tests/test_close.py tests/test_handshake.py \
-	tests/test_connections.py tests/test_hostile.py tests/test_load.py \
-	tests/test_faults.py tests/test_sync.py tests/test_idioms.py tests/test_lifetime.py \
-	tests/test_caps.py tests/test_stalled_peers.py
+# tests/ has four folders: core (sans-I/O, no sockets), io (the asyncio layer
+# over real sockets), transports (each transport on its own) and system
+# (examples, docs, typing, packaging, TGrid and the browser). The io tests
+# run a second time on the fast transport (picows), made the default of
+# every server and connector they create.
+IO_TESTS := tests/io
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -66,7 +65,7 @@ test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
 	$(BIN)/python -X dev -m pytest
-	WSRPC_TEST_TRANSPORT=picows $(BIN)/python -X dev -m pytest $(TRANSPORT_TESTS)
+	WSRPC_TEST_TRANSPORT=picows $(BIN)/python -X dev -m pytest $(IO_TESTS)
 
 types: $(STAMP)
 	$(BIN)/mypy

@@ -40,7 +40,7 @@ from websockets.asyncio.client import connect as ws_connect
 import wsrpc
 from wsrpc._transports.base import Channel
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, running_server, url_of
 
 MiB = 2**20
 

@@ -63,7 +63,7 @@ import wsrpc
 from wsrpc import ConnectorState
 from wsrpc._transports.base import MAX_FRAGMENTS
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, running_server, url_of
 
 KiB = 1024
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 import wsrpc
 from wsrpc import AcceptorState, CloseInfo
 
-from .conftest import UNIT, running_server, url_of
+from ..conftest import UNIT, running_server, url_of
 
 
 class Client:

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 import wsrpc
 from wsrpc._transports.websockets import WebsocketsChannel
 
-from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
 
 class Scientific:

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 import wsrpc
 from wsrpc import AcceptorState, ConnectorState, ServerState
 
-from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
 
 class Calculator:

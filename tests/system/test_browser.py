@@ -34,9 +34,9 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
 from tests.conftest import UNIT
-from tests.test_examples import SLOW_CALLBACK, python_env
+from tests.system.test_examples import SLOW_CALLBACK, python_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "examples" / "browser"
 SCREENSHOT = ROOT / "docs" / "img" / "browser.png"
 CHROMIUM = Path("/usr/bin/chromium")

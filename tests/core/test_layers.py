@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "wsrpc"
+PACKAGE = Path(__file__).resolve().parent.parent.parent / "wsrpc"
 
 CORE = {
     "wsrpc._msgpack_scan",

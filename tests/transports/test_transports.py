@@ -4,7 +4,7 @@ them cannot do is refused at once with a clear error.
 
 The behaviour of each transport is covered by the whole suite, which
 ``make test`` runs on both (see ``WSRPC_TEST_TRANSPORT`` in conftest.py);
-tests/test_picows_transport.py covers the picows channel on its own.
+tests/transports/test_picows_transport.py covers the picows channel on its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import wsrpc
 from wsrpc.http import HttpResponse
 
-from .conftest import UNIT, AnyAcceptor, url_of
+from ..conftest import UNIT, AnyAcceptor, url_of
 
 TRANSPORTS: list[wsrpc.TransportName] = ["websockets", "picows"]
 

@@ -26,7 +26,7 @@ import wsrpc
 import wsrpc.sync
 from wsrpc.sync import ThreadsafeAcceptor
 
-from .conftest import UNIT, AnyAcceptor
+from ..conftest import UNIT, AnyAcceptor
 
 T = TypeVar("T")
 

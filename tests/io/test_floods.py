@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from wsrpc._msgpack_scan import MAX_CONTAINERS
 
-from .conftest import TRANSPORT, UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import TRANSPORT, UNIT, AnyAcceptor, running_server, url_of
 
 MiB = 2**20
 

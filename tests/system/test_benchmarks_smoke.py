@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import UNIT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
 
 SYSTEMS = ("wsrpc", "ws-msgpack")

@@ -30,9 +30,9 @@ from websockets.exceptions import ConnectionClosed
 
 import wsrpc
 
-from .conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
-INTEROP = Path(__file__).with_name("interop")
+INTEROP = Path(__file__).resolve().parent.parent / "interop"
 CLIENT_JS = INTEROP / "client.js"
 SERVER_JS = INTEROP / "server.js"
 TGRID_VERSION = "1.2.1"

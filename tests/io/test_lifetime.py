@@ -23,7 +23,7 @@ import pytest
 
 import wsrpc
 
-from .conftest import UNIT, running_server, url_of
+from ..conftest import UNIT, running_server, url_of
 
 
 @pytest.fixture(autouse=True)

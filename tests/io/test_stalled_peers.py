@@ -37,7 +37,7 @@ import pytest
 import wsrpc
 from wsrpc._transports.base import LOSS_POLL_INTERVAL
 
-from .conftest import UNIT, AnyAcceptor, running_server
+from ..conftest import UNIT, AnyAcceptor, running_server
 from .test_hostile import rss, ws_frame
 
 MiB = 1024 * 1024

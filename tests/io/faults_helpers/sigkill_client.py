@@ -1,5 +1,5 @@
 """
-A wsrpc client that tests/test_faults.py runs in its own process, then kills.
+A wsrpc client that tests/io/test_faults.py runs in its own process, then kills.
 
 Usage: ``python sigkill_client.py URL [TIMEOUT]``
 

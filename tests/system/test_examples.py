@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import UNIT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "examples"
 INTEROP = ROOT / "tests" / "interop"
 NODE_SETUP = "run `npm ci --prefix tests/interop` (make test does it before pytest)"
@@ -330,9 +330,9 @@ def test_every_example_is_tested(path: Path) -> None:
         return
     if path.parent != EXAMPLES:
         # An example with a folder of its own, examples/<name>/ (a web page and
-        # its server, say), has a test module of its own: tests/test_<name>.py.
+        # its server, say), has a test module of its own: tests/system/test_<name>.py.
         folder = path.relative_to(EXAMPLES).parts[0]
-        module = ROOT / "tests" / f"test_{folder}.py"
-        assert module.is_file(), f"no tests/{module.name} for examples/{folder}/"
+        module = ROOT / "tests" / "system" / f"test_{folder}.py"
+        assert module.is_file(), f"no tests/system/{module.name} for examples/{folder}/"
         return
     assert f"test_{path.stem}" in globals(), f"no test for {path.name}"

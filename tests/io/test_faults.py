@@ -9,7 +9,7 @@ calls running for the lost peer are cancelled, and no task or file descriptor
 outlives the connections.
 
 Network faults go through :class:`tests.tcp_proxy.TcpProxy`; the killed peer
-is ``tests/faults_helpers/sigkill_client.py`` in a process of its own. Times
+is ``tests/io/faults_helpers/sigkill_client.py`` in a process of its own. Times
 are measured with time.monotonic() from the moment the fault is injected to
 the moment the pending call raised; each test prints its figures (``-s``).
 (test_close.py checks the codes and reasons of each kind of close; this file
@@ -33,7 +33,7 @@ import pytest
 
 import wsrpc
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, running_server, url_of
 from .tcp_proxy import TcpProxy
 
 HELPERS = Path(__file__).parent / "faults_helpers"

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 import wsrpc
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, running_server, url_of
 
 
 class Echo:

@@ -11,7 +11,7 @@ import pytest
 import wsrpc
 from wsrpc import AcceptorState, ConnectorState, ServerState
 
-from .conftest import UNIT, AnyAcceptor, running_server, url_of
+from ..conftest import UNIT, AnyAcceptor, running_server, url_of
 
 
 class Hold:

@@ -32,7 +32,7 @@ from wsrpc._transports import picows as _picows
 from wsrpc._transports.base import Channel, ChannelClosed, CloseFrames, Listener
 from wsrpc._transports.picows import PicowsChannel
 
-from .conftest import UNIT
+from ..conftest import UNIT
 
 MAX = 1 << 20
 CLOSE_TIMEOUT = 5 * UNIT

@@ -20,7 +20,7 @@ import pytest
 
 import wsrpc
 
-from .conftest import UNIT, running_server, url_of
+from ..conftest import UNIT, running_server, url_of
 
 Header = dict[str, str]
 
