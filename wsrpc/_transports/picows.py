@@ -166,6 +166,7 @@ class PicowsChannel(Channel, WSListener):
         "_peer_first",
         "_pending_pong",
         "_pings",
+        "_pong_scheduled",
         "_reading_paused",
         "_reaper",
         "_received",
@@ -191,7 +192,8 @@ class PicowsChannel(Channel, WSListener):
         self._close_timeout = close_timeout
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._pending_pong: bytes | None = None  # the latest ping's, until flushed
+        self._pong_scheduled = False
         self._loss_timer: asyncio.TimerHandle | None = None
         self._on_connected = on_connected
         self._remote_ip = ""
@@ -252,10 +254,13 @@ class PicowsChannel(Channel, WSListener):
         elif msg_type is _PING:
             if self._closing or transport.is_close_frame_sent:
                 return
-            if self._writing_paused:
-                self._pending_pong = frame.get_payload_as_bytes()  # only the latest is answered
-            else:
-                transport.send_pong(frame.get_payload_as_bytes())
+            # Only the latest ping of a read is answered, once the read is
+            # parsed, and not while the write buffer is over its mark (RFC
+            # 6455 5.5.3): a read full of pings costs one pong.
+            self._pending_pong = frame.get_payload_as_bytes()
+            if not self._pong_scheduled:
+                self._pong_scheduled = True
+                self._loop.call_soon(self._flush_pong)
         elif not (self._closing or transport.is_close_frame_sent):
             self._data_frame(frame, msg_type)
 
@@ -293,14 +298,24 @@ class PicowsChannel(Channel, WSListener):
         if self._stall_timeout is not None and self._stall_timer is None and not self._gone:
             self._stall_timer = self._loop.call_later(self._stall_timeout, self._stalled)
 
+    def _flush_pong(self) -> None:
+        """Send the held pong, if the write buffer has room and the socket is there."""
+        self._pong_scheduled = False
+        pong = self._pending_pong
+        if pong is None or self._writing_paused:
+            return
+        self._pending_pong = None
+        transport = self._transport
+        if not (self._gone or self._closing or transport.is_close_frame_sent):
+            if not transport.underlying_transport.is_closing():
+                transport.send_pong(pong)
+
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        pong, self._pending_pong = self._pending_pong, None
-        if pong is not None and not (self._closing or self._transport.is_close_frame_sent):
-            self._transport.send_pong(pong)
+        self._flush_pong()
         _wake(self._drain_waiters)
         self._drain_waiters = None
 

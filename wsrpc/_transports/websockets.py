@@ -100,6 +100,7 @@ class WebsocketsChannel(Channel):
         "_assembler",
         "_closing_soon",
         "_closing_task",
+        "_flushing_pong",
         "_gone",
         "_held",
         "_held_size",
@@ -124,7 +125,8 @@ class WebsocketsChannel(Channel):
         self._stall_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._loss_timer: asyncio.TimerHandle | None = None
-        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._pending_pong: bytes | None = None  # the latest ping's, until flushed
+        self._flushing_pong = False
         self._transport_paused = False  # the owner's pause, as applied to the transport
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
@@ -270,11 +272,40 @@ class WebsocketsChannel(Channel):
     # -- the write bound -----------------------------------------------------------
 
     def _pong_held(self, frame: Frame) -> bool:
-        """Whether to hold ``frame``, a pong websockets is about to write."""
-        if not self.ws.paused:
-            return False
-        self._pending_pong = bytes(frame.data)  # only the latest one is answered
+        """
+        Whether to hold ``frame``, a pong websockets is about to queue.
+
+        Every pong is held: only the latest ping of a read is answered, once
+        the read is parsed (:meth:`_flush_pong`), and not while the write
+        buffer is over its mark (RFC 6455 5.5.3 lets an endpoint answer only
+        the most recent ping). So a read full of pings costs one pong, and a
+        peer that does not read costs none.
+        """
+        if self._flushing_pong:
+            return False  # the one we send
+        if not self.ws.transport.is_closing():
+            self._pending_pong = bytes(frame.data)
         return True
+
+    def _flush_pong(self) -> None:
+        """Send the held pong, if the write buffer has room and the socket is there."""
+        pong = self._pending_pong
+        ws = self.ws
+        if pong is None or ws.paused or ws.transport.is_closing():
+            return
+        self._pending_pong = None
+        protocol = ws.protocol
+        if protocol.state is not _OPEN and protocol.state is not _CLOSING:
+            return
+        self._flushing_pong = True
+        try:
+            protocol.send_pong(pong)
+        finally:
+            self._flushing_pong = False
+        try:
+            ws.send_data()
+        except Exception:  # pragma: no cover - the transport reports it
+            ws.transport.abort()
 
     def _writing_paused(self) -> None:
         # The write buffer went over its high-water mark.
@@ -285,14 +316,7 @@ class WebsocketsChannel(Channel):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        pong, self._pending_pong = self._pending_pong, None
-        protocol = self.ws.protocol
-        if pong is not None and (protocol.state is _OPEN or protocol.state is _CLOSING):
-            protocol.send_pong(pong)
-            try:
-                self.ws.send_data()
-            except Exception:  # pragma: no cover - the transport reports it
-                self.ws.transport.abort()
+        self._flush_pong()
 
     def _stalled(self) -> None:
         """The peer kept the write buffer over its mark for ``stall_timeout``."""
@@ -463,6 +487,7 @@ class _Hooked(Connection):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self.channel._flush_pong()  # one pong for the pings of this read
         state = self.protocol.state
         if state is _CLOSING or state is _CLOSED:  # a close frame, an error, an EOF
             self.channel._closing_started()
