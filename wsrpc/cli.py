@@ -35,6 +35,7 @@ from typing import Any
 from .exceptions import (
     ConnectError,
     ConnectionClosedError,
+    EncodeError,
     RejectedError,
     RemoteError,
     RpcTimeoutError,
@@ -56,14 +57,14 @@ EXIT_TIMEOUT = 4
 
 CALL_EPILOG = """\
 Arguments and --header are JSON: 1, 2.5, '"text"', '[1, 2]', '{"a": 1}', null.
-The result is printed as one line of JSON. Values JSON cannot hold are
-printed as objects: bytes as {"$bytes": "<base64>"}; a map whose keys are
-not all strings as {"$map": [[key, value], ...]}.
+The result is printed as one line of JSON (UTF-8). Bytes, which JSON
+cannot hold, are printed as {"$bytes": "<base64>"}, wherever they are.
 
 exit codes:
   0  the call returned; its result is on stdout
   1  the remote method raised: "Name: message" on stderr
-  2  usage error (bad options, an argument that is not JSON)
+  2  usage error (bad options, an argument that is not JSON or is larger
+     than the server accepts, an unreadable certificate file)
   3  connection error: unreachable, TLS or upgrade refused, header rejected
      (code and reason on stderr), or the connection closed before the answer
   4  timeout: no answer within --timeout seconds
@@ -117,10 +118,8 @@ def to_json(value: Any) -> Any:
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (list, tuple)):
         return [to_json(item) for item in value]
-    if isinstance(value, dict):
-        if all(isinstance(key, str) for key in value):
-            return {key: to_json(item) for key, item in value.items()}
-        return {"$map": [[to_json(key), to_json(item)] for key, item in value.items()]}
+    if isinstance(value, dict):  # wsrpc's values have string keys only
+        return {key: to_json(item) for key, item in value.items()}
     return value
 
 
@@ -168,8 +167,9 @@ def _run_call(args: argparse.Namespace) -> int:
     except ConnectError as exc:
         print(f"cannot connect: {exc}", file=sys.stderr)
         return EXIT_CONNECT
-    except (ValueError, AttributeError, TypeError, OSError) as exc:
-        # A bad URL, a path the driver refuses, an unreadable certificate file.
+    except (EncodeError, ValueError, AttributeError, TypeError, OSError) as exc:
+        # A bad URL, a path the driver refuses, an argument too large for
+        # the server, an unreadable certificate file.
         print(f"wsrpc call: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(to_json(result), ensure_ascii=False))
