@@ -454,6 +454,13 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
     # -- driven by the server ------------------------------------------------
 
+    def _running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the client's calls running here (for ``server.shutdown()``)."""
+        communicator = self._communicator
+        if communicator is None or communicator.closed is not None:
+            return []
+        return list(communicator._running.values())
+
     async def _run(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> None:
         """The connection's whole life: header, handler, close (driven by the server)."""
         if not await self._receive_header(self._side.header_timeout):

@@ -8,6 +8,7 @@ Imports the core and the transports; never a front end.
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Generic, Self, TypeVar, cast
@@ -167,18 +168,25 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 return ConnectorState.CLOSING
         return state
 
-    async def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
+    async def connect(
+        self, url: str, *, timeout: float | None = 10.0, ssl: _ssl.SSLContext | None = None
+    ) -> None:
         """
         Open the WebSocket to ``url``, send the header and wait for the verdict.
 
         Args:
             url: ``ws://`` or ``wss://`` URL of a wsrpc server.
-            timeout: Seconds for the whole of it (TCP, upgrade, verdict);
-                None waits for ever.
+            timeout: Seconds for the whole of it (TCP, TLS, upgrade,
+                verdict); None waits for ever.
+            ssl: The client-side TLS context of a ``wss://`` URL: the CAs it
+                trusts, a client certificate. None uses the system's
+                default (:func:`ssl.create_default_context`).
 
         Raises:
             StateError: the connector was already used.
-            ConnectError: the WebSocket could not be opened.
+            ValueError: ``ssl`` with a ``ws://`` URL.
+            ConnectError: the WebSocket could not be opened (TLS included:
+                a certificate that fails verification, on either side).
             RejectedError: the server rejected the header (or closed before
                 deciding); carries its close code and reason.
             EncodeError: the header cannot be encoded.
@@ -186,6 +194,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """
         if self._state is not ConnectorState.NONE:
             raise StateError(f"cannot connect: the connector is {self._state.value}")
+        _transports.tls_context_for(url, ssl)  # ValueError before anything changes
         self._state = ConnectorState.CONNECTING
         self._url = url
         protocol = RpcProtocol(
@@ -198,7 +207,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         channel: Channel | None = None
         try:
             async with asyncio.timeout(timeout):
-                channel, self._response_headers = await self._open(url)
+                channel, self._response_headers = await self._open(url, ssl)
                 early = await self._handshake(channel, protocol)
         except BaseException as exc:
             self._set_closed(_failed_connect_info(exc, channel))
@@ -223,12 +232,17 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._drivers.open(communicator.call)
         self._state = ConnectorState.OPEN
 
-    async def _open(self, url: str) -> tuple[Channel, list[tuple[str, str]]]:
+    async def _open(
+        self, url: str, ssl: _ssl.SSLContext | None
+    ) -> tuple[Channel, list[tuple[str, str]]]:
         try:
             return await _transports.connect(
-                url, additional_headers=self._additional_headers, options=self._options
+                url, additional_headers=self._additional_headers, options=self._options, ssl=ssl
             )
         except (OSError, ValueError) as exc:
+            tls = _tls_error(exc)
+            if tls is not None:
+                raise ConnectError(f"cannot open {url}: TLS failed: {tls}") from exc
             raise ConnectError(f"cannot open {url}: {exc}") from exc
 
     async def _handshake(self, channel: Channel, protocol: RpcProtocol) -> list[bytes | str]:
@@ -378,6 +392,22 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     ) -> None:
         if self._state is not ConnectorState.CONNECTING:
             await self.close()
+
+
+def _tls_error(exc: BaseException) -> str | None:
+    """What went wrong with TLS, if ``exc`` (or what caused it) is a TLS error."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {error.verify_message}"
+        if isinstance(error, _ssl.SSLError):
+            # "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert ..." -> its reason
+            reason = error.reason or str(error)
+            return reason.lower().replace("_", " ")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _failed_connect_info(exc: BaseException, channel: Channel | None) -> CloseInfo:

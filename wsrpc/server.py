@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -187,6 +188,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         )
         self._http_handler: HttpHandler | None = None
         self._closed = asyncio.Event()
+        self._draining = False  # shutdown() stopped accepting
 
     @property
     def state(self) -> ServerState:
@@ -279,6 +281,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         *,
         host: str = "127.0.0.1",
         http_handler: HttpHandler | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """
         Start listening on ``host``:``port`` and serve each client with ``handler``.
@@ -291,6 +295,14 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 ``"0.0.0.0"`` or ``"::"`` to serve other machines.
             http_handler: Sees every HTTP request before the upgrade and may
                 answer it or add headers to the upgrade (see :mod:`wsrpc.http`).
+            ssl: Serve TLS (``wss://``) with this server-side context (its
+                certificate chain loaded; ``verify_mode = CERT_REQUIRED``
+                and a CA to demand client certificates). None: plain ``ws://``.
+            reuse_port: Set ``SO_REUSEPORT`` on the listening socket, so that
+                several processes may serve the same port, each opening it
+                with ``reuse_port=True`` (Linux spreads new connections
+                among them). With port 0, the first process gets a free
+                port, which the others then open by its number.
 
         Raises:
             StateError: the server is not in the ``NONE`` state.
@@ -310,6 +322,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 options=self._options,
                 origins=self._origins,
                 http_handler=http_handler,
+                ssl=ssl,
+                reuse_port=reuse_port,
             )
         except BaseException:
             self._state = ServerState.NONE
@@ -346,6 +360,54 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             pending.discard(acceptor_id)
             registry.remove(acceptor)
 
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """
+        Stop gracefully: stop accepting, let running calls finish, then close.
+
+        New connections are refused at once (the listening socket closes);
+        open connections stay open while any provider method called by a
+        client is still running here, for at most ``grace`` seconds, and
+        their clients may go on calling meanwhile. Then :meth:`close`:
+        every client is closed with 1001 (going away), and calls still
+        running are cancelled. What ``wsrpc serve`` does on SIGTERM.
+
+        Idempotent, as :meth:`close`; a server that is not open is just closed.
+
+        Raises:
+            ValueError: ``grace`` is negative.
+        """
+        if not grace >= 0:
+            raise ValueError(f"grace must be 0 or more, not {grace!r}")
+        if self._state is ServerState.OPEN and not self._draining:
+            self._draining = True
+            assert self._server is not None
+            self._server.stop_accepting()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            running = self._running_calls()
+            logger.info(
+                "stopped accepting connections; waiting up to %s s for %d running calls",
+                grace,
+                len(running),
+            )
+            while True:
+                left = deadline - loop.time()
+                if not running or left <= 0 or self._state is not ServerState.OPEN:
+                    break
+                await asyncio.wait(running, timeout=left)
+                running = self._running_calls()
+            if running:
+                logger.info("grace period over: cancelling %d running calls", len(running))
+        await self.close()
+
+    def _running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the calls clients have running here."""
+        return [
+            task
+            for acceptor in list(self._registry.connections.values())
+            for task in acceptor._running_calls()
+        ]
+
     async def close(self) -> None:
         """
         Stop listening and close every client with 1001 (going away).
@@ -364,7 +426,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         server = self._server
         assert server is not None
         try:
-            server.stop_accepting()
+            if not self._draining:
+                server.stop_accepting()
             acceptors = list(self._registry.connections.values())
             if acceptors:
                 await asyncio.gather(

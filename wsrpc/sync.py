@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl as _ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -63,7 +64,7 @@ from ._options import (
     DEFAULT_STALL_TIMEOUT,
 )
 from ._portal import LoopThread, Portal, PortalSlot
-from ._transports import TransportName
+from ._transports import TransportName, tls_context_for
 from ._util import check_close
 from .acceptor import WebSocketAcceptor, loop_of
 from .codecs import Codec, CodecName
@@ -252,29 +253,34 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """The URL given to :meth:`connect`; empty before it."""
         return self._inner.url
 
-    def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
+    def connect(
+        self, url: str, *, timeout: float | None = 10.0, ssl: _ssl.SSLContext | None = None
+    ) -> None:
         """
         Open the WebSocket to ``url``, send the header and wait for the verdict.
 
         Starts the connector's event loop thread; a connect that fails stops
-        it again.
+        it again. ``ssl``: the TLS context of a ``wss://`` URL, as for
+        :meth:`wsrpc.WebSocketConnector.connect`.
 
         Raises:
             StateError: the connector was already used.
+            ValueError: ``ssl`` with a ``ws://`` URL.
             ConnectError, RejectedError, EncodeError, RpcTimeoutError: as for
                 :meth:`wsrpc.WebSocketConnector.connect`.
         """
+        tls_context_for(url, ssl)  # ValueError before any thread starts
         portal = self._start()
         connected = False
         try:
-            portal.run(self._connect(url, timeout), "connect")
+            portal.run(self._connect(url, timeout, ssl), "connect")
             connected = True
         finally:
             if not connected:
                 portal.stop()
 
-    async def _connect(self, url: str, timeout: float | None) -> None:
-        await self._inner.connect(url, timeout=timeout)
+    async def _connect(self, url: str, timeout: float | None, ssl: _ssl.SSLContext | None) -> None:
+        await self._inner.connect(url, timeout=timeout, ssl=ssl)
         self._watcher = asyncio.get_running_loop().create_task(self._stop_when_closed())
 
     async def _stop_when_closed(self) -> None:

@@ -336,3 +336,13 @@ def test_every_example_is_tested(path: Path) -> None:
         assert module.is_file(), f"no tests/system/{module.name} for examples/{folder}/"
         return
     assert f"test_{path.stem}" in globals(), f"no test for {path.name}"
+
+
+def test_workers() -> None:
+    # Two worker processes on one port (SO_REUSEPORT): both answer.
+    lines = run_example("workers")
+    assert re.fullmatch(r"2 workers serve ws://127\.0\.0\.1:\d+/", lines[0]), lines
+    assert lines[1:] == [
+        "connections answered by 2 different worker processes",
+        "workers stopped on SIGTERM, exit codes [0, 0]",
+    ]

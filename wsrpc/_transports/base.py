@@ -37,6 +37,7 @@ __all__ = [
     "MAX_FRAGMENTS",
     "STALL_CODE",
     "STALL_REASON",
+    "TLS_CLOSED",
     "Channel",
     "ChannelClosed",
     "CloseFrameCallback",
@@ -63,6 +64,17 @@ ABNORMAL = 1006
 STALL_CODE = 1008
 """The close code of a peer that kept our write buffer full (see ``stall_timeout``)."""
 STALL_REASON = "peer not reading"
+
+TLS_CLOSED = (
+    "TLS failed: the server closed the connection right after the TLS handshake, "
+    "before any HTTP response: it refused this client's certificate, or the lack of one"
+)
+"""
+Why a ``wss://`` connect ended before the upgrade's response. With TLS 1.3 a
+server checks the client's certificate after the client's handshake is
+done, and its alert does not reach the client through asyncio's TLS (nor
+picows'): only the end of the stream does.
+"""
 
 # Linux reports a TCP socket's state (tcp_info.tcpi_state, its first byte).
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None

@@ -55,6 +55,7 @@ import contextvars
 import ipaddress
 import logging
 import socket
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -83,6 +84,7 @@ from .base import (
     LOSS_POLL_INTERVAL,
     STALL_CODE,
     STALL_REASON,
+    TLS_CLOSED,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -663,6 +665,8 @@ async def listen(
     *,
     options: Options,
     origins: Sequence[str | None] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
     """
     Serve WebSocket on ``host``:``port`` (0: a free port, see ``Listener.port``).
@@ -700,6 +704,8 @@ async def listen(
         enable_auto_pong=False,  # see on_ws_frame
         max_frame_size=max_message_size,
         read_buffer_init_size=_READ_BUFFER_SIZE,
+        ssl=ssl,
+        reuse_port=reuse_port or None,
     )
     listener._server = server
     listener._port = int(server.sockets[0].getsockname()[1])
@@ -742,6 +748,7 @@ async def connect(
     *,
     additional_headers: Sequence[tuple[str, str]] = (),
     options: Options,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel (not started) and the
@@ -749,7 +756,8 @@ async def connect(
 
     If cancelled during the upgrade, the socket is shut down under picows,
     which then closes its transport; the cancellation waits for that, at most
-    ``close_timeout``.
+    ``close_timeout``. ``ssl`` is the TLS context of a ``wss://`` URL: TLS
+    runs over the socket :func:`_open_socket` connected.
 
     Raises:
         OSError: the TCP (or TLS) connection failed, or closed during the upgrade.
@@ -786,6 +794,7 @@ async def connect(
             read_buffer_init_size=_READ_BUFFER_SIZE,
             extra_headers=list(additional_headers),
             socket_factory=open_socket,
+            ssl_context=ssl,
         )
     )
     try:
@@ -824,6 +833,10 @@ async def connect(
         # take it for its own timeout expiring.
         raise ConnectionError(f"{url}: no upgrade response within {HANDSHAKE_TIMEOUT} s") from None
     if not made:  # picows returns no listener when the socket closed first
+        if ssl is not None:
+            # With TLS 1.3, how a server refuses a client's certificate (its
+            # alert comes after the handshake; picows drops it).
+            raise ConnectionError(TLS_CLOSED)
         raise ConnectionError(f"{url}: the connection closed during the upgrade")
     channel = made[0]
     # picows keeps the cause of a disconnect it starts on the client side (a

@@ -36,6 +36,7 @@ import asyncio
 import http
 import inspect
 import logging
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -60,6 +61,7 @@ from .base import (
     LOSS_POLL_INTERVAL,
     STALL_CODE,
     STALL_REASON,
+    TLS_CLOSED,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -556,6 +558,9 @@ class WebsocketsListener(Listener):
         return int(self._server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:
+        # websockets closes the listening sockets in a task of its own:
+        # close them now, so that no connection is accepted after this.
+        self._server.server.close()
         self._server.close(close_connections=False)
 
     async def wait_closed(self) -> None:
@@ -570,8 +575,14 @@ async def listen(
     options: Options,
     origins: Sequence[str | None] | None,
     http_handler: HttpHandler | None,
+    ssl: _ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
-    """Serve WebSocket on ``host``:``port``; ``on_channel`` runs once per connection."""
+    """
+    Serve WebSocket on ``host``:``port``; ``on_channel`` runs once per connection.
+
+    ``ssl`` and ``reuse_port`` go to ``loop.create_server()`` as they are.
+    """
 
     async def handle(ws: ServerConnection) -> None:
         await on_channel(cast(_ServerConnection, ws).channel)
@@ -600,6 +611,8 @@ async def listen(
         create_connection=_connection_class(_ServerConnection, options),
         process_request=process_request if http_handler is not None else None,
         process_response=process_response if http_handler is not None else None,
+        ssl=ssl,
+        reuse_port=reuse_port or None,
         **_settings(options),
     )
     return WebsocketsListener(server)
@@ -639,9 +652,12 @@ async def connect(
     *,
     additional_headers: Sequence[tuple[str, str]],
     options: Options,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel and the response headers.
+
+    ``ssl``: the TLS context of a ``wss://`` URL (None for ``ws://``).
 
     Raises:
         OSError: the TCP (or TLS) connection failed.
@@ -653,9 +669,15 @@ async def connect(
             open_timeout=None,
             additional_headers=list(additional_headers),
             create_connection=_connection_class(_ClientConnection, options),
+            ssl=ssl,
             **_settings(options),
         )
     except WebSocketException as exc:
+        if ssl is not None and isinstance(exc.__cause__, EOFError):
+            # Closed before any HTTP response, the TLS handshake done: with
+            # TLS 1.3, how a server refuses a client's certificate (asyncio
+            # hands the client no alert, only the end of the stream).
+            raise ConnectionError(TLS_CLOSED) from exc
         raise ValueError(str(exc)) from exc
     response = ws.response
     headers = list(response.headers.raw_items()) if response is not None else []
