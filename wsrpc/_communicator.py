@@ -450,6 +450,10 @@ class Communicator:
 
     # -- incoming calls ------------------------------------------------------
 
+    def running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the peer's calls running here now (not those in the backlog)."""
+        return list(self._running.values())
+
     def _on_call(self, call: Call) -> None:
         """
         Admit one of the peer's calls: answer it, run it, queue it, or refuse it.

@@ -459,7 +459,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         communicator = self._communicator
         if communicator is None or communicator.closed is not None:
             return []
-        return list(communicator._running.values())
+        return communicator.running_calls()
 
     async def _run(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> None:
         """The connection's whole life: header, handler, close (driven by the server)."""
