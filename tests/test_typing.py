@@ -198,4 +198,4 @@ def test_a_callable_header_is_checked_against_the_header_type() -> None:
         'lambda: {"tokn": "t"}, reconnect=True)'
     )
     assert status == 1
-    assert '"tokn"' in report, report
+    assert 'expected "Header | Awaitable[Header]"' in report, report
