@@ -354,6 +354,12 @@ class Communicator:
         self._ping_timer = None
         reason = "keepalive ping timeout"
         self._abort(CloseCode.INTERNAL_ERROR, reason)
+        # The peer is silent: waiting close_timeout for its half of the
+        # closing handshake would only delay the owner's learning of the
+        # loss (a reconnecting connector's, above all). The close started
+        # above sends our close frame first (both transports do so before
+        # their first await); then the socket is dropped.
+        self._loop.call_soon(self._channel.abort)
 
     # -- incoming messages ---------------------------------------------------
 

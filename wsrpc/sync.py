@@ -49,7 +49,7 @@ import itertools
 import ssl as _ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
@@ -72,6 +72,7 @@ from .dispatch import is_remote_name
 from .driver import Driver
 from .exceptions import ConnectionClosedError, RpcTimeoutError, StateError
 from .messages import CloseCode
+from .reconnect import ReconnectPolicy
 from .states import AcceptorState, CloseInfo, ConnectorState
 
 __all__ = ["SyncDriver", "ThreadsafeAcceptor", "WebSocketConnector"]
@@ -151,13 +152,16 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     The connector runs an event loop in a daemon thread, from
     :meth:`connect` until the connection is closed, and drives an async
     :class:`wsrpc.WebSocketConnector` on it. ``provider``'s methods run on
-    that thread; see the module's documentation for the threading model. A
-    connector connects once; to reconnect, make a new one.
+    that thread; see the module's documentation for the threading model.
+    Without ``reconnect``, a connector connects once; with it, it reconnects
+    by itself after a lost connection, as the async connector does, and its
+    thread runs until the final close. A callable header runs on the
+    connector's event loop thread: it must not block.
     """
 
     def __init__(
         self,
-        header: HeaderT,
+        header: HeaderT | Callable[[], HeaderT | Awaitable[HeaderT]],
         provider: ProviderT | None = None,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -173,6 +177,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
+        reconnect: bool | ReconnectPolicy = False,
     ) -> None:
         self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
             header,
@@ -190,6 +195,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             codec=codec,
             additional_headers=additional_headers,
             transport=transport,
+            reconnect=reconnect,
         )
         self._lock = threading.Lock()
         self._portal: LoopThread | None = None
@@ -382,7 +388,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._inner.state is not ConnectorState.CONNECTING:
+        if not self._inner._connecting_first:
             self.close()
 
 

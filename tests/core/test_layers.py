@@ -39,6 +39,7 @@ CORE = {
     "wsrpc.http",
     "wsrpc.messages",
     "wsrpc.protocol",
+    "wsrpc.reconnect",
     "wsrpc.states",
     "wsrpc.tgrid",
 }

@@ -193,6 +193,26 @@ def test_threads() -> None:
     ]
 
 
+def test_reconnect() -> None:
+    # The whole output: the script waits on events and hooks, and the server
+    # restarts only once the client has seen the loss and timed a call out.
+    assert run_example("reconnect") == [
+        "[server 1] accepted a client",
+        "[client] server 1: hit #1",
+        "[client] server 1: hit #2",
+        "[server 1] restarting",
+        "[client] the call pending at the restart failed: 1001 (not replayed)",
+        "[client] lost the connection (1001 'server closing'): reconnecting",
+        "[client] state: connecting",
+        "[client] a call with a 0.2 s timeout timed out while the server was down",
+        "[server 2] accepted a client",
+        "[client] the waiting call: server 2: hit #1",
+        "[client] back; state: open, same driver: True",
+        "[client] server 2: hit #2",
+        "[client] closed: CloseInfo(code=1000, reason='', clean=True, by_peer=False)",
+    ]
+
+
 def test_demo() -> None:
     lines = [line.strip() for line in run_example("demo")]
     assert lines[0].startswith("wsrpc demo: a server listens on ws://127.0.0.1:")

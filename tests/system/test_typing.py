@@ -184,3 +184,18 @@ def test_a_program_outside_the_repository_type_checks_against_wsrpc() -> None:
     report = result.stdout + result.stderr
     assert 'Argument 2 to "add" of "Remote" has incompatible type "str"' in report, report
     assert "import-not-found" not in report, report
+
+
+def test_a_callable_header_is_checked_against_the_header_type() -> None:
+    # A header may be a callable (plain or async) returning the Header.
+    report, status = check(
+        "fresh = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]("
+        'lambda: {"token": "t"}, reconnect=wsrpc.ReconnectPolicy(max_attempts=3))'
+    )
+    assert status == 0, report
+    report, status = check(
+        "fresh = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]("
+        'lambda: {"tokn": "t"}, reconnect=True)'
+    )
+    assert status == 1
+    assert 'expected "Header | Awaitable[Header]"' in report, report
