@@ -128,3 +128,46 @@ async def test_a_channel_tells_each_new_owner_it_is_gone(transport: wsrpc.Transp
         listener.stop_accepting()
         async with asyncio.timeout(5 * UNIT):
             await listener.wait_closed()
+
+
+@pytest.mark.parametrize("client_transport", TRANSPORTS)
+@pytest.mark.parametrize("server_transport", TRANSPORTS)
+async def test_several_pings_in_flight_are_all_answered(
+    server_transport: wsrpc.TransportName, client_transport: wsrpc.TransportName
+) -> None:
+    # Either side answers only the latest ping of a read (one pong per read):
+    # a pong must then answer the pings sent before it too, on both sides.
+    from wsrpc._options import Options
+    from wsrpc._transports import Channel, connect, listen
+
+    served: asyncio.Queue[Channel] = asyncio.Queue()
+
+    async def serve(channel: Channel) -> None:
+        channel.start(lambda data: None, lambda: None)
+        served.put_nowait(channel)
+        await channel.wait_closed()
+
+    listener = await listen(
+        "127.0.0.1",
+        0,
+        serve,
+        options=Options(transport=server_transport),
+        origins=None,
+        http_handler=None,
+    )
+    try:
+        client, _ = await connect(
+            f"ws://127.0.0.1:{listener.port}/",
+            additional_headers=(),
+            options=Options(transport=client_transport),
+        )
+        client.start(lambda data: None, lambda: None)
+        server = await asyncio.wait_for(served.get(), 5 * UNIT)
+        for side in (client, server):
+            pongs = [side.ping() for _ in range(5)]  # sent in one go: likely one read
+            await asyncio.wait_for(asyncio.gather(*pongs), 5 * UNIT)
+        client.abort()
+    finally:
+        listener.stop_accepting()
+        async with asyncio.timeout(5 * UNIT):
+            await listener.wait_closed()

@@ -59,7 +59,7 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from picows import (
     WSCloseCode,
@@ -101,6 +101,8 @@ HANDSHAKE_TIMEOUT = 10.0
 """Seconds for the HTTP upgrade, either side (websockets' default ``open_timeout``)."""
 
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+_PING_ID_SIZE = 8
+"""Bytes of a ping's payload: its number, so that a pong tells which pings it answers."""
 _CLOSE, _PING, _PONG = WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG
 _NO_STATUS = 1005  # a close frame without a code: received only, never on the wire
 # picows reads into a buffer of its own per connection, 16 KiB unless told,
@@ -167,6 +169,7 @@ class PicowsChannel(Channel, WSListener):
         "_on_message",
         "_peer_first",
         "_pending_pong",
+        "_ping_id",
         "_pings",
         "_pong_scheduled",
         "_reading_paused",
@@ -219,7 +222,8 @@ class PicowsChannel(Channel, WSListener):
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # see drain()
         # Pings awaiting their pong; made by ping() and dropped once empty,
         # for the same reason (a deque is some 760 bytes).
-        self._pings: deque[asyncio.Future[None]] | None = None
+        self._pings: deque[tuple[int, asyncio.Future[None]]] | None = None
+        self._ping_id = 0  # the number of the last ping sent, its payload
         # closing
         self._closing = False  # a close frame went either way, or abort()
         self._sent: tuple[int, str] | None = None
@@ -245,12 +249,18 @@ class PicowsChannel(Channel, WSListener):
         if msg_type is _CLOSE:
             self._close_frame(frame)
         elif msg_type is _PONG:
+            # A pong answers its ping and every ping sent before it: a peer
+            # may answer only the latest of several (RFC 6455 5.5.3, as
+            # wsrpc itself does). Pings carry their number; a pong whose
+            # payload is not one of ours (unsolicited) answers nothing.
             pings = self._pings
-            while pings:
-                waiter = pings.popleft()
-                if not waiter.done():  # a caller may have cancelled it
-                    waiter.set_result(None)
-                    break
+            payload = frame.get_payload_as_bytes()
+            if pings and len(payload) == _PING_ID_SIZE:
+                answered = int.from_bytes(payload, "big")
+                while pings and pings[0][0] <= answered:
+                    _, waiter = pings.popleft()
+                    if not waiter.done():  # a caller may have cancelled it
+                        waiter.set_result(None)
             if not pings:
                 self._pings = None  # keepalive pings every connection: free it between pings
         elif msg_type is _PING:
@@ -280,7 +290,7 @@ class PicowsChannel(Channel, WSListener):
         pings, self._pings = self._pings, None
         if pings:
             error = self._closed_error()
-            for waiter in pings:
+            for _, waiter in pings:
                 if not waiter.done():
                     waiter.set_exception(error)
                     # Mark it retrieved: a ping whose caller moved on must not
@@ -341,7 +351,7 @@ class PicowsChannel(Channel, WSListener):
             # picows checks neither the fragment sequence nor the reserved
             # bits, and bounds frames, not messages: the assembler does it all.
             message = self._assembler.frame(
-                msg_type.value,
+                cast(int, msg_type),  # an IntEnum: compares as the int opcode as it is
                 frame.fin,
                 frame.get_payload_as_bytes(),
                 reserved=bool(frame.rsv1 or frame.rsv2 or frame.rsv3),
@@ -479,8 +489,9 @@ class PicowsChannel(Channel, WSListener):
         waiter = self._loop.create_future()
         if self._pings is None:
             self._pings = deque()
-        self._pings.append(waiter)
-        self._transport.send_ping()
+        self._ping_id += 1
+        self._pings.append((self._ping_id, waiter))
+        self._transport.send_ping(self._ping_id.to_bytes(_PING_ID_SIZE, "big"))
         return waiter
 
     # -- closing ----------------------------------------------------------------

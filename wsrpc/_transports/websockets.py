@@ -186,7 +186,7 @@ class WebsocketsChannel(Channel):
             return  # closing: nobody can answer it any more
         try:
             # websockets checked the sequence, the reserved bits and the size.
-            message = self._assembler.frame(frame.opcode.value, frame.fin, bytes(frame.data))
+            message = self._assembler.frame(frame.opcode, frame.fin, bytes(frame.data))
         except AssemblyError as exc:
             self._close_soon(exc.code, exc.reason)
             return
