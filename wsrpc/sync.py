@@ -388,8 +388,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._inner._connecting_first:
+        try:
             self.close()
+        except StateError:
+            pass  # connect() is in progress in another thread: it is that thread's to end
 
 
 SyncRemoteT = TypeVar("SyncRemoteT")
