@@ -221,7 +221,9 @@ class AsgiChannel(Channel):
             self._close_soon(_TOO_BIG, f"message over {self._max_size} bytes")
             return
         on_message = self._on_message
-        if on_message is None:
+        if on_message is None or self._reading_paused or self._held:
+            # Not started, or paused while this one was being pulled: held
+            # until start() or resume_reading().
             if self._held is None:
                 self._held = deque()
             self._held.append(data)
@@ -275,19 +277,24 @@ class AsgiChannel(Channel):
         on_lost: LostCallback,
         on_close_frame: CloseFrameCallback | None = None,
     ) -> None:
-        if self._gone.done():
-            self._deliver_held(on_message)
-            on_lost()
-            return
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_close_frame = on_close_frame
-        self._deliver_held(on_message)
+        self._deliver_held()
+        if self._gone.done():
+            self._on_message = self._on_lost = self._on_close_frame = None
+            on_lost()
 
-    def _deliver_held(self, on_message: MessageCallback) -> None:
-        held, self._held = self._held, None
-        while held:
+    def _deliver_held(self) -> None:
+        """Deliver held messages, in order, until none is left or reading pauses."""
+        held = self._held
+        while held and not self._reading_paused:
+            on_message = self._on_message
+            if on_message is None:
+                return
             on_message(held.popleft())
+        if not held:
+            self._held = None
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -295,6 +302,9 @@ class AsgiChannel(Channel):
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
+            self._deliver_held()
+            if self._reading_paused:
+                return  # paused again by a held message
             if self._resume is not None and not self._resume.done():
                 self._resume.set_result(None)
 
