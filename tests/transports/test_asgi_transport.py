@@ -220,6 +220,10 @@ async def test_http_gets_404_and_other_scopes_fail() -> None:
         await app({"type": "nonsense"}, fake.receive, fake.send)
 
 
+def state_of(server: wsrpc.WebSocketServer[Any, Any, Any]) -> wsrpc.ServerState:
+    return server.state
+
+
 async def test_the_server_under_asgi_opens_closes_and_refuses_after() -> None:
     server: wsrpc.WebSocketServer[Any, Any, Any] = wsrpc.WebSocketServer()
     accepted = asyncio.Event()
@@ -229,7 +233,7 @@ async def test_the_server_under_asgi_opens_closes_and_refuses_after() -> None:
         accepted.set()
 
     app = server.asgi(handler)
-    assert server.state is wsrpc.ServerState.OPEN
+    assert state_of(server) is wsrpc.ServerState.OPEN
     with pytest.raises(wsrpc.StateError):
         server.port  # noqa: B018
     with pytest.raises(wsrpc.StateError):
@@ -239,7 +243,7 @@ async def test_the_server_under_asgi_opens_closes_and_refuses_after() -> None:
     # A client (a TGrid one: a JSON text header) connects and is accepted.
     fake = FakeAsgi()
     await fake.incoming.put({"type": "websocket.connect"})
-    task = asyncio.create_task(app(ws_scope(), fake.receive, fake.send))
+    task = asyncio.ensure_future(app(ws_scope(), fake.receive, fake.send))
     await fake.next_sent("websocket.accept")
     await fake.incoming.put({"type": "websocket.receive", "text": '{"header": 1}'})
     accepted_frame = await fake.next_sent("websocket.send")
@@ -254,7 +258,7 @@ async def test_the_server_under_asgi_opens_closes_and_refuses_after() -> None:
     async with asyncio.timeout(10 * UNIT):
         await closing
         await task
-    assert server.state is wsrpc.ServerState.CLOSED
+    assert state_of(server) is wsrpc.ServerState.CLOSED
     assert server.acceptors == {}
 
     # A connection after the close is refused before its upgrade.
