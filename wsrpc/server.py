@@ -30,6 +30,7 @@ from ._options import (
 )
 from ._registry import LocalRegistry, Registry
 from ._transports import Channel, Listener, TransportName
+from ._transports.asgi import AsgiApp, make_app
 from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
 from .exceptions import StateError
@@ -189,6 +190,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._http_handler: HttpHandler | None = None
         self._closed = asyncio.Event()
         self._draining = False  # shutdown() stopped accepting
+        self._asgi = False  # served through asgi(), not open()
 
     @property
     def state(self) -> ServerState:
@@ -203,6 +205,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Raises:
             StateError: the server is not open.
         """
+        if self._asgi and self._state is ServerState.OPEN:
+            raise StateError("no port: the server is served by an ASGI server (asgi())")
         if self._server is None or self._state is not ServerState.OPEN:
             raise StateError(f"no port: the server is {self._state.value}")
         return self._server.port
@@ -330,6 +334,54 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             raise
         self._state = ServerState.OPEN
 
+    def asgi(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> AsgiApp:
+        """
+        An ASGI application that serves ``handler`` to WebSocket clients,
+        for an ASGI server (uvicorn, hypercorn) to run, alone or mounted in
+        a web framework (Starlette, FastAPI)::
+
+            app.mount("/rpc", server.asgi(handler))
+
+        Everything of the server holds as with :meth:`open`: its limits,
+        ``origins`` (HTTP 403), codecs, hooks, groups, :attr:`acceptors`,
+        :meth:`close` and :meth:`shutdown`. The ASGI server owns the socket,
+        the upgrade, TLS, frame-level limits and compression: see "Inside an
+        ASGI app" in docs/deployment.md. Each acceptor's
+        :attr:`~WebSocketAcceptor.ip`, :attr:`~WebSocketAcceptor.path` and
+        :attr:`~WebSocketAcceptor.request_headers` come from the ASGI scope
+        (so a proxy-headers middleware sets the ``ip``).
+
+        The application answers ``http`` scopes with 404, and ``lifespan``
+        events (its shutdown closes the server), so that ``uvicorn
+        module:app`` may run it alone.
+
+        The server is ``OPEN`` from this call on (no :attr:`port`: the ASGI
+        server listens) until :meth:`close`, after which new connections
+        get HTTP 503.
+
+        Raises:
+            StateError: the server is not in the ``NONE`` state (opened
+                already, or ``asgi()`` called before).
+            ValueError: ``transport="picows"`` (the ASGI server is the transport).
+        """
+        if self._state is not ServerState.NONE:
+            raise StateError(f"cannot serve through ASGI: the server is {self._state.value}")
+        if self._options.transport != "websockets":
+            raise ValueError("asgi() serves through the ASGI server: leave transport= alone")
+        self._handler = handler
+        self._asgi = True
+        self._state = ServerState.OPEN
+        return make_app(
+            self._entry,
+            options=self._options,
+            origins=self._origins,
+            accepting=self._accepting,
+            on_shutdown=self.close,
+        )
+
+    def _accepting(self) -> bool:
+        return self._state is ServerState.OPEN and not self._draining
+
     async def _handle(self, channel: Channel) -> None:
         assert self._handler is not None
         if self._state is not ServerState.OPEN:
@@ -380,8 +432,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             raise ValueError(f"grace must be 0 or more, not {grace!r}")
         if self._state is ServerState.OPEN and not self._draining:
             self._draining = True
-            assert self._server is not None
-            self._server.stop_accepting()
+            if self._server is not None:
+                self._server.stop_accepting()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
             running = self._running_calls()
@@ -424,9 +476,9 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             return
         self._state = ServerState.CLOSING
         server = self._server
-        assert server is not None
+        assert server is not None or self._asgi
         try:
-            if not self._draining:
+            if not self._draining and server is not None:
                 server.stop_accepting()
             acceptors = list(self._registry.connections.values())
             if acceptors:
@@ -434,7 +486,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                     *(a.close(CloseCode.GOING_AWAY, "server closing") for a in acceptors),
                     return_exceptions=True,
                 )
-            await server.wait_closed()
+            if server is not None:
+                await server.wait_closed()
             await self._registry.wait_idle()  # notifications still running
         finally:
             # The transport may keep its listener, and what it calls, in

@@ -45,6 +45,7 @@ CORE = {
 }
 TRANSPORTS = {
     "wsrpc._transports",
+    "wsrpc._transports.asgi",
     "wsrpc._transports.assembly",
     "wsrpc._transports.base",
     "wsrpc._transports.picows",

@@ -15,9 +15,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import wsrpc
 from tests.conftest import UNIT
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -356,6 +358,33 @@ def test_every_example_is_tested(path: Path) -> None:
         assert module.is_file(), f"no tests/system/{module.name} for examples/{folder}/"
         return
     assert f"test_{path.stem}" in globals(), f"no test for {path.name}"
+
+
+def test_asgi_app() -> None:
+    # Run as a script: uvicorn in the same process, one client.
+    assert run_example("asgi_app") == [
+        "1 + 2 = 3",
+        "the server sees /rpc/?name=ann from 127.0.0.1",
+        "shout reached 1 client(s)",
+        "news: hello room",
+        "closed by the server: 1012 ",  # uvicorn's own close at shutdown
+    ]
+
+
+async def test_asgi_app_under_uvicorn() -> None:
+    # As its docstring runs it: `uvicorn examples.asgi_app:app`.
+    from tests.system.test_asgi import asgi_server, http_get
+
+    async with asgi_server("uvicorn", "examples.asgi_app:app") as running:
+        assert await http_get(running.port, "/") == (200, b"a web app, with wsrpc at /rpc/\n")
+        connector: wsrpc.WebSocketConnector[None, None, Any] = wsrpc.WebSocketConnector(None)
+        await connector.connect(f"{running.base}/rpc/x", timeout=10 * UNIT)
+        try:
+            remote = connector.get_driver(timeout=10 * UNIT)
+            assert await remote.add(2, 3) == 5
+            assert await remote.where_am_i() == "/rpc/x from 127.0.0.1"
+        finally:
+            await connector.close()
 
 
 def test_workers() -> None:

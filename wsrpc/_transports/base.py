@@ -28,8 +28,9 @@ import abc
 import asyncio
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "ABNORMAL",
@@ -194,6 +195,21 @@ class Channel(abc.ABC):
 
         Raises:
             ChannelClosed: the connection is closing or closed.
+        """
+
+    needs_round_trip: ClassVar[bool] = False
+    """
+    Whether the transport cannot ping (ASGI): its :meth:`ping` then runs the
+    round trip given to :meth:`set_round_trip`, and resolves at once until
+    one is given.
+    """
+
+    def set_round_trip(self, round_trip: Callable[[], Awaitable[object]]) -> None:  # noqa: B027
+        """
+        Give a transport that cannot ping (:attr:`needs_round_trip`) what
+        :meth:`ping` runs instead: a coroutine function that returns once
+        the peer answered (its exceptions mean no answer). Ignored by the
+        transports that ping.
         """
 
     # -- closing --------------------------------------------------------------
