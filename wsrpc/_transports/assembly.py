@@ -60,7 +60,15 @@ class Assembler:
             library does it already).
     """
 
-    __slots__ = ("_check_reserved", "_check_sequence", "_fragments", "_max_size", "_size", "_text")
+    __slots__ = (
+        "_check_reserved",
+        "_check_sequence",
+        "_fragments",
+        "_max_size",
+        "_size",
+        "_text",
+        "in_message",
+    )
 
     def __init__(
         self, max_size: int, *, check_sequence: bool = True, check_reserved: bool = True
@@ -71,17 +79,18 @@ class Assembler:
         self._fragments: list[bytes] | None = None
         self._size = 0
         self._text = False
-
-    @property
-    def in_message(self) -> bool:
-        """Whether a fragmented message is under way."""
-        return self._fragments is not None
+        self.in_message = False
+        """Whether a fragmented message is under way (an attribute: transports
+        read it on every frame, to hand whole frames on without a call)."""
 
     def frame(
-        self, opcode: int, fin: bool, payload: bytes, *, reserved: bool = False
+        self, opcode: object, fin: bool, payload: bytes, *, reserved: bool = False
     ) -> bytes | str | None:
         """
         Take one data frame; return the message it completes, or None.
+
+        ``opcode`` is the frame's opcode: an ``int``, or a library's
+        ``IntEnum`` of opcodes as it is (it compares equal to the number).
 
         Raises:
             AssemblyError: the frame breaks one of the rules above.
@@ -102,6 +111,7 @@ class Assembler:
                     self._fail(_MESSAGE_TOO_BIG, "too many fragments")
                 return None
             self._fragments = None
+            self.in_message = False
             data = b"".join(fragments)
             return self._decoded(data) if self._text else data
         if fragments is not None and self._check_sequence:
@@ -110,6 +120,7 @@ class Assembler:
             self._fail(_MESSAGE_TOO_BIG, f"message over {self._max_size} bytes")
         if not fin:
             self._fragments = [payload]
+            self.in_message = True
             self._size = len(payload)
             self._text = opcode == TEXT
             return None
@@ -118,6 +129,7 @@ class Assembler:
     def reset(self) -> None:
         """Forget a message under way (the connection is closing)."""
         self._fragments = None
+        self.in_message = False
         self._size = 0
 
     def _decoded(self, data: bytes) -> str:

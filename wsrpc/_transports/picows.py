@@ -59,7 +59,7 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
 from picows import (
     WSCloseCode,
@@ -347,20 +347,34 @@ class PicowsChannel(Channel, WSListener):
     # -- receiving --------------------------------------------------------------
 
     def _data_frame(self, frame: WSFrame, msg_type: WSMsgType) -> None:
-        try:
-            # picows checks neither the fragment sequence nor the reserved
-            # bits, and bounds frames, not messages: the assembler does it all.
-            message = self._assembler.frame(
-                cast(int, msg_type),  # an IntEnum: compares as the int opcode as it is
-                frame.fin,
-                frame.get_payload_as_bytes(),
-                reserved=bool(frame.rsv1 or frame.rsv2 or frame.rsv3),
-            )
-        except AssemblyError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        if message is None:
-            return  # a fragment of a message under way
+        message: bytes | str | None
+        assembler = self._assembler
+        if (
+            msg_type is _BINARY
+            and frame.fin
+            and not assembler.in_message
+            and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+        ):
+            # Nearly every wsrpc message: one whole binary frame, within
+            # max_frame_size (picows' bound, which is max_message_size).
+            # Nothing to assemble or to decode: the assembler would return it
+            # as it is.
+            message = frame.get_payload_as_bytes()
+        else:
+            try:
+                # picows checks neither the fragment sequence nor the reserved
+                # bits, and bounds frames, not messages: the assembler does it all.
+                message = assembler.frame(
+                    msg_type,  # an IntEnum: compares as the int opcode as it is
+                    frame.fin,
+                    frame.get_payload_as_bytes(),
+                    reserved=bool(frame.rsv1 or frame.rsv2 or frame.rsv3),
+                )
+            except AssemblyError as exc:
+                self._fail(exc.code, exc.reason)
+                return
+            if message is None:
+                return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)

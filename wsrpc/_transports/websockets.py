@@ -75,6 +75,8 @@ from .base import (
 __all__ = ["WebsocketsChannel", "connect", "listen"]
 
 _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+_send_frame = Protocol.send_frame
+"""websockets' own send_frame, without the override of :class:`_HoldsPongs`."""
 _PONG = Opcode.PONG
 _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _READ_SIZE = 64 * 1024
@@ -100,6 +102,7 @@ class WebsocketsChannel(Channel):
     __slots__ = (
         "_abort_timer",
         "_assembler",
+        "_closing",
         "_closing_soon",
         "_closing_task",
         "_flushing_pong",
@@ -143,6 +146,7 @@ class WebsocketsChannel(Channel):
         self._ping_task: asyncio.Task[None] | None = None
         self._closing_task: asyncio.Task[None] | None = None
         self._closing_soon = False
+        self._closing = False  # the closing handshake began (or an EOF came)
 
     # -- receiving ------------------------------------------------------------
 
@@ -184,14 +188,21 @@ class WebsocketsChannel(Channel):
         """A data frame arrived (from the connection's protocol callback)."""
         if self.ws.protocol.state is not _OPEN or self._closing_soon:
             return  # closing: nobody can answer it any more
-        try:
-            # websockets checked the sequence, the reserved bits and the size.
-            message = self._assembler.frame(frame.opcode, frame.fin, bytes(frame.data))
-        except AssemblyError as exc:
-            self._close_soon(exc.code, exc.reason)
-            return
-        if message is None:
-            return  # a fragment of a message under way
+        message: bytes | str | None
+        assembler = self._assembler
+        if frame.opcode is _BINARY and frame.fin and not assembler.in_message:
+            # Nearly every wsrpc message: one whole binary frame (websockets
+            # checked the sequence, the reserved bits and the size). The
+            # assembler would return it as it is.
+            message = bytes(frame.data)  # no copy when it is bytes already
+        else:
+            try:
+                message = assembler.frame(frame.opcode, frame.fin, bytes(frame.data))
+            except AssemblyError as exc:
+                self._close_soon(exc.code, exc.reason)
+                return
+            if message is None:
+                return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
@@ -207,6 +218,7 @@ class WebsocketsChannel(Channel):
 
     def _close_frame(self) -> None:
         """A close frame arrived and websockets processed it."""
+        self._closing_started()
         protocol = self.ws.protocol
         close = protocol.close_rcvd
         # Only a close the peer started: not its answer to the one we sent.
@@ -245,7 +257,12 @@ class WebsocketsChannel(Channel):
     def _apply_reading(self) -> None:
         # The owner's pause holds while the connection is open; once closing,
         # only the peer's close frame is left to read (data frames are dropped).
-        paused = self._reading_paused and self.ws.protocol.state is _OPEN and not self._gone
+        paused = (
+            self._reading_paused
+            and not self._closing
+            and self.ws.protocol.state is _OPEN
+            and not self._gone
+        )
         if paused is self._transport_paused:
             return
         self._transport_paused = paused
@@ -286,6 +303,10 @@ class WebsocketsChannel(Channel):
         if self._flushing_pong:
             return False  # the one we send
         if not self.ws.transport.is_closing():
+            if self._pending_pong is None:
+                # Once the read under way is parsed: the pings of one read
+                # get one pong (and data_received needs no hook of ours).
+                self.ws.loop.call_soon(self._flush_pong)
             self._pending_pong = bytes(frame.data)
         return True
 
@@ -336,6 +357,7 @@ class WebsocketsChannel(Channel):
 
     def _closing_started(self) -> None:
         """The closing handshake began, either way, or the peer's EOF came: bound it."""
+        self._closing = True
         if self._abort_timer is None and not self._gone:
             timeout = self.ws.close_timeout
             if timeout is not None:
@@ -349,12 +371,15 @@ class WebsocketsChannel(Channel):
         protocol = ws.protocol
         if protocol.state is not _OPEN or ws.transport.is_closing():
             raise ChannelClosed(*self.close_frames.cause)
-        # What websockets' send() does, minus its async context manager:
-        # frame the message and write it out (flow control is drain()'s).
+        # What websockets' send() does, minus its async context manager and
+        # send_binary()'s checks (the state is checked above; wsrpc never
+        # fragments): frame the message and write it out (flow control is
+        # drain()'s). The base class's send_frame: data frames skip the
+        # override that watches control frames (_HoldsPongs).
         if type(data) is str:
-            protocol.send_text(data.encode())
+            _send_frame(protocol, Frame(_TEXT, data.encode()))
         else:
-            protocol.send_binary(cast(bytes, data))
+            _send_frame(protocol, Frame(_BINARY, cast(bytes, data)))
         ws.send_data()
 
     @property
@@ -445,14 +470,25 @@ class WebsocketsChannel(Channel):
 
 
 class _HoldsPongs(Protocol):
-    """A websockets protocol that lets its channel hold pongs (see ``_pong_held``)."""
+    """
+    A websockets protocol that shows its channel the control frames it sends.
+
+    It lets the channel hold pongs (see ``_pong_held``) and start the close
+    bound when a close frame goes out (ours, or websockets' own after a
+    protocol error). Data frames do not come through here (see ``send()``).
+    """
 
     channel: WebsocketsChannel
 
     def send_frame(self, frame: Frame) -> None:
-        if frame.opcode is _PONG and self.channel._pong_held(frame):
+        opcode = frame.opcode
+        if opcode is _PONG:
+            if not self.channel._pong_held(frame):
+                super().send_frame(frame)
             return
         super().send_frame(frame)
+        if opcode is _CLOSE:
+            self.channel._closing_started()
 
 
 class _ServerProtocol(_HoldsPongs, ServerProtocol):
@@ -486,13 +522,6 @@ class _Hooked(Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         _shrink_reads(transport)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self.channel._flush_pong()  # one pong for the pings of this read
-        state = self.protocol.state
-        if state is _CLOSING or state is _CLOSED:  # a close frame, an error, an EOF
-            self.channel._closing_started()
 
     def eof_received(self) -> None:
         super().eof_received()
