@@ -268,7 +268,8 @@ async def honest_worker(
                     assert await driver.slow(0.01) == "slept"
         except Exception as exc:  # counted, the soak goes on
             COUNTS.honest_failed += 1
-            COUNTS.honest_failures[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+            what = ["add", "echo", "fail", "timed-out slow", "via_client", "secret", "slow"][kind]
+            COUNTS.honest_failures[f"{what}: {type(exc).__name__}: {str(exc)[:80]}"] += 1
             if connector.is_closed:
                 return
         else:
