@@ -29,6 +29,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "wsrpc"
 
 CORE = {
+    "wsrpc._cluster.wire",
     "wsrpc._msgpack_scan",
     "wsrpc._options",
     "wsrpc._util",
@@ -50,7 +51,12 @@ TRANSPORTS = {
     "wsrpc._transports.websockets",
 }
 CONNECTIONS = {
+    "wsrpc._cluster",
+    "wsrpc._cluster.backplane",
+    "wsrpc._cluster.redis",
+    "wsrpc._cluster.registry",
     "wsrpc._communicator",
+    "wsrpc.cluster",
     "wsrpc._hooks",
     "wsrpc._registry",
     "wsrpc.acceptor",
@@ -73,7 +79,12 @@ LAYERS = {
     "connections": CONNECTIONS,
     "front ends": FRONT_ENDS,
 }
-ISOLATED = {"wsrpc._transports.base", "wsrpc._transports.assembly", "wsrpc._registry"}
+ISOLATED = {
+    "wsrpc._cluster",
+    "wsrpc._transports.base",
+    "wsrpc._transports.assembly",
+    "wsrpc._registry",
+}
 """Modules that import nothing of wsrpc at all."""
 IO_LIBRARIES = {"asyncio", "socket", "selectors", "threading", "websockets", "picows", "uvloop"}
 
