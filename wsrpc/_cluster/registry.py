@@ -87,6 +87,8 @@ INDEX_REFRESH = 10.0
 """Seconds between refreshes of the group index's time to live."""
 START_TIMEOUT = 10.0
 """Seconds ``server.open()`` may spend joining the application."""
+MAX_SERVING = 10_000
+"""Most requests from other nodes this node runs at once; more are refused."""
 OUTCOMES_PER_MESSAGE = 2000
 """Outcomes per answer message (fewer when they are large)."""
 
@@ -320,7 +322,10 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         self._fail_all(BackplaneError("the server is closing"))
         if self._backplane.is_up and self._maker is not None:
             with contextlib.suppress(BackplaneError):
-                await self._backplane.delete(self._written)
+                members, slots = self._index()
+                await self._backplane.delete(self._written | set(members))
+                held = {str(slot) for slot in self._held}
+                await self._backplane.update_sets({}, dict.fromkeys(slots, held), INDEX_TTL)
                 for slot in self._held:
                     await self._backplane.release(f"slot:{slot}", self._token)
         await self._backplane.close()
@@ -388,24 +393,38 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
                 logger.debug("group index not updated: %s", exc)
                 self._dirty = True
 
+    def _index(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """This node's part of the index, from its membership: members' sets, slots' sets."""
+        members: dict[str, set[str]] = {}
+        slots: dict[str, set[str]] = {}
+        for name in self.group_names():
+            for connection_id in self.members(name):
+                slot = wire.slot_of(connection_id)
+                members.setdefault(f"g:{slot}:{name}", set()).add(str(connection_id))
+                slots.setdefault(f"gslots:{name}", set()).add(str(slot))
+        return members, slots
+
     async def _rewrite_index(self) -> None:
         """Write this node's whole membership again (after an outage)."""
         if not self._backplane.is_up:
             return
         self._added, self._removed = {}, {}
-        added: dict[str, set[str]] = {}
-        for name in self.group_names():
-            for connection_id in self.members(name):
-                slot = wire.slot_of(connection_id)
-                added.setdefault(f"g:{slot}:{name}", set()).add(str(connection_id))
-                added.setdefault(f"gslots:{name}", set()).add(str(slot))
+        members, slots = self._index()
         try:
-            await self._backplane.delete(self._written - set(added))
-            await self._backplane.update_sets(added, {}, INDEX_TTL)
-            self._written = set(added)
+            # Only the members' sets are this node's own; the slots' sets
+            # are shared with the other nodes.
+            await self._backplane.delete(self._written - set(members))
+            await self._backplane.update_sets({**members, **slots}, {}, INDEX_TTL)
+            self._written = set(members)
             self._dirty = False
         except BackplaneError as exc:
             logger.debug("group index not rewritten: %s", exc)
+
+    async def _refresh_index(self) -> None:
+        """Keep this node's index alive (it expires INDEX_TTL after the node stops)."""
+        members, slots = self._index()
+        self._written = set(members)  # sets emptied since are gone from Redis too
+        await self._backplane.expire([*members, *slots], INDEX_TTL)
 
     # -- heartbeat, death, outages ----------------------------------------------------
 
@@ -420,7 +439,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
                 await self._check_nodes()
                 if time.monotonic() - refreshed > INDEX_REFRESH:
                     refreshed = time.monotonic()
-                    await self._backplane.expire(self._written, INDEX_TTL)
+                    await self._refresh_index()
             except BackplaneError as exc:
                 logger.warning("backplane heartbeat failed: %s", exc)
                 self._backplane.kick()
@@ -664,6 +683,9 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
                     await asyncio.shield(gather.future)
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                self._publish_soon("all", wire.Cancel(self.slot, uid))  # stop the members' calls
+                raise
             if gather.future.done():
                 gather.future.result()  # raises BackplaneError when the backplane went
             return await self._collect(group, gather)
@@ -758,6 +780,13 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         key = (message.sender, message.request)
         if key in self._running:
             return  # a duplicate
+        if len(self._running) >= MAX_SERVING:
+            logger.warning("refused a request from node %d: %d running", key[0], MAX_SERVING)
+            if not isinstance(message, wire.Broadcast):
+                busy = BackplaneError(f"node {self.slot} is busy: {MAX_SERVING} requests running")
+                failure = wire.Failure(self.slot, message.request, wire.error_of(busy))
+                self._publish_soon(f"node:{message.sender}", failure)
+            return
         coro = (
             self._serve_broadcast(message)
             if isinstance(message, wire.Broadcast)
