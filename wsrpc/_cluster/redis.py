@@ -88,6 +88,8 @@ class RedisBackplane(Backplane):
         self._scripts: dict[str, Any] = {}
         self._pubsub: Any = None
         self._was_up = False
+        self._outbox: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -141,12 +143,16 @@ class RedisBackplane(Backplane):
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._supervisor, self._reader):
+        for task in (self._supervisor, self._reader, self._sender):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        self._supervisor = self._reader = None
+        self._supervisor = self._reader = self._sender = None
+        for _, _, future in self._outbox:
+            if not future.done():
+                future.set_exception(BackplaneError("the backplane is closed"))
+        self._outbox = []
         self._up = False
         if self._client is not None:
             client, self._client = self._client, None
@@ -254,9 +260,44 @@ class RedisBackplane(Backplane):
             raise BackplaneError(f"Redis failed ({what}): {exc}") from exc
 
     async def publish(self, channel: str, data: bytes) -> int:
-        client = self._command_client()
-        received = await self._run("PUBLISH", client.publish(self._prefix + channel, data))
-        return int(received)
+        self._command_client()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._outbox.append((self._prefix + channel, data, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_outbox())
+        return await future
+
+    async def _send_outbox(self) -> None:
+        """
+        Send what was published, in order, on one connection: what piles up
+        while a round trip is under way goes in the next one, pipelined
+        (64 calls in flight cost a few round trips, not 64).
+        """
+        while self._outbox:
+            batch, self._outbox = self._outbox[:1000], self._outbox[1000:]
+            try:
+                client = self._command_client()
+                if len(batch) == 1:
+                    channel, data, _ = batch[0]
+                    counts = [await client.publish(channel, data)]
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for channel, data, _ in batch:
+                        pipe.publish(channel, data)
+                    counts = await pipe.execute()
+            except Exception as exc:
+                error = (
+                    exc
+                    if isinstance(exc, BackplaneError)
+                    else BackplaneError(f"Redis failed (PUBLISH): {exc}")
+                )
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for (_, _, future), count in zip(batch, counts, strict=True):
+                    if not future.done():
+                        future.set_result(int(count))
 
     async def claim(self, key: str, value: str, ttl: float) -> bool:
         client = self._command_client()

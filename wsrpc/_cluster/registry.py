@@ -553,12 +553,10 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         request = _Request(slot, connection_id, future)
         uid = message.request
         self._pending[uid] = request
-        published = False
         try:
             receivers = await self._publish(f"node:{slot}", message)
             if receivers == 0:
                 raise _not_open(connection_id)
-            published = True
             request.left = receivers
             if timeout is None:
                 return await future
@@ -570,8 +568,9 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
                     f"call to connection {connection_id} timed out after {timeout} s"
                 ) from None
         except (asyncio.CancelledError, RpcTimeoutError):
-            if published:
-                self._publish_soon(f"node:{slot}", wire.Cancel(self.slot, uid))
+            # Even if cancelled while publishing: the call may be on its way
+            # (a cancellation of an unknown request is ignored).
+            self._publish_soon(f"node:{slot}", wire.Cancel(self.slot, uid))
             raise
         finally:
             self._pending.pop(uid, None)
