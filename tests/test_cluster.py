@@ -354,7 +354,7 @@ async def test_a_killed_node_fails_calls_in_flight_and_later_ones_fast(
 ) -> None:
     _, (a, b, c) = own_cluster
     conn_b, client_b, id_b = await connect(b, "doomed", "hall")
-    conn_c, _, id_c = await connect(c, "alive", "hall")
+    conn_c, client_c, id_c = await connect(c, "alive", "hall")
     conn_b2, _, _ = await connect(b, "doomed2")
     try:
         client_b.block = True
@@ -381,6 +381,17 @@ async def test_a_killed_node_fails_calls_in_flight_and_later_ones_fast(
         assert raised.value.kind == "ConnectionClosedError"
         assert time.monotonic() - started < 2 * UNIT
         assert await a.ask("call", id_c, "whoami", (), 5 * UNIT) == "alive"
+        # A node closing (not dying) fails the calls in flight to it with the
+        # close code of its connections (1001, going away), at once.
+        client_c.hanging.clear()
+        call = asyncio.ensure_future(a.ask("call", id_c, "hang", (), None))
+        await asyncio.wait_for(client_c.hanging.wait(), 5 * UNIT)
+        started = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, c.stop)
+        with pytest.raises(NodeError) as raised:
+            await asyncio.wait_for(call, 10 * UNIT)
+        assert (raised.value.kind, raised.value.code) == ("ConnectionClosedError", 1001)
+        assert time.monotonic() - started < 5 * UNIT
     finally:
         await close_all([conn_b, conn_c, conn_b2])
 

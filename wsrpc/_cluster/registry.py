@@ -315,7 +315,12 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         """Leave the application (``server.close()``, after its connections closed)."""
         for task in self._tasks_bg:
             task.cancel()
-        for task in list(self._running.values()):
+        running = list(self._running.values())
+        if running:
+            # Their connections are closed by now: let them send their
+            # answers ("connection closed") before the backplane goes.
+            await asyncio.wait(running, timeout=HEARTBEAT_INTERVAL)
+        for task in running:
             task.cancel()
         await asyncio.gather(*self._tasks_bg, *self._running.values(), return_exceptions=True)
         self._tasks_bg = []
