@@ -302,6 +302,15 @@ class Node:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.join(10 * UNIT)
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): to the others, a node cut off the network."""
+        assert self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process.is_alive():
             with contextlib.suppress(OSError):

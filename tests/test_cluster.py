@@ -396,6 +396,40 @@ async def test_a_killed_node_fails_calls_in_flight_and_later_ones_fast(
         await close_all([conn_b, conn_c, conn_b2])
 
 
+async def test_a_frozen_node_gets_error_outcomes_and_comes_back(
+    own_cluster: tuple[RedisServer, list[Node]],
+) -> None:
+    _, (a, b, c) = own_cluster
+    connected = [await connect(node, f"f{n}", "den") for n, node in enumerate([a, b, b, c])]
+    ids = [connection_id for _, _, connection_id in connected]
+    try:
+        b.pause()  # cut off: it neither answers nor heartbeats
+        try:
+            started = time.monotonic()
+            outcomes = await a.ask("broadcast", "den", "hey", 1 * UNIT)
+            elapsed = time.monotonic() - started
+        finally:
+            b.resume()
+        by_id = {o[0]: o for o in outcomes}
+        assert sorted(by_id) == sorted(ids) and len(outcomes) == 4  # b's two are reported
+        assert tuple(by_id[ids[0]]) == (ids[0], "hey", None)
+        assert tuple(by_id[ids[3]]) == (ids[3], "hey", None)
+        for frozen in ids[1:3]:
+            assert by_id[frozen][2] in ("RpcTimeoutError", "ConnectionClosedError")
+        assert elapsed < 1 * UNIT + 1 + DEATH_BOUND  # the timeout, the grace, never more
+        # Thawed, it renews its slot and serves again.
+        deadline = time.monotonic() + 20 * UNIT
+        while True:
+            outcomes = await a.ask("broadcast", "den", "again", 5 * UNIT)
+            if all(o[2] is None for o in outcomes) and len(outcomes) == 4:
+                break
+            assert time.monotonic() < deadline, outcomes
+            await asyncio.sleep(0.1 * UNIT)  # polling recovery, with a deadline
+        assert await a.ask("call", ids[1], "whoami", (), 5 * UNIT) == "f1"
+    finally:
+        await close_all([conn for conn, _, _ in connected])
+
+
 async def test_redis_outage_fails_remote_operations_fast_and_recovers(
     own_cluster: tuple[RedisServer, list[Node]],
 ) -> None:

@@ -188,7 +188,9 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         else:
             if not isinstance(backplane, Backplane):
                 raise TypeError(f"backplane must be a Backplane, not {type(backplane).__name__}")
-            self._cluster = ClusterRegistry(backplane, max_message_size=max_message_size)
+            self._cluster = ClusterRegistry(
+                backplane, max_message_size=max_message_size, call_timeout=call_timeout
+            )
             self._registry = self._cluster
         self._connect_hooks: list[ConnectHook[HeaderT, ProviderT, RemoteT]] = []
         self._disconnect_hooks: list[DisconnectHook[HeaderT, ProviderT, RemoteT]] = []

@@ -78,7 +78,8 @@ NODE_TTL = 3.0
 """Seconds a node's slot outlives its last heartbeat: a dead node is noticed
 within ``NODE_TTL + HEARTBEAT_INTERVAL`` (plus a round trip)."""
 DEFAULT_REMOTE_TIMEOUT = 10.0
-"""Seconds members on other nodes have to answer a broadcast without a timeout."""
+"""Seconds members on other nodes have to answer a broadcast without a
+timeout, when the server has no ``call_timeout`` either."""
 GRACE = 1.0
 """Seconds a broadcast waits for a node's answer beyond the members' timeout."""
 INDEX_TTL = 30.0
@@ -240,6 +241,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         "_maker",
         "_max_size",
         "_pending",
+        "_remote_timeout",
         "_removed",
         "_requests",
         "_running",
@@ -248,10 +250,14 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         "_written",
     )
 
-    def __init__(self, backplane: Backplane, *, max_message_size: int) -> None:
+    def __init__(
+        self, backplane: Backplane, *, max_message_size: int, call_timeout: float | None = None
+    ) -> None:
         super().__init__()
         self._backplane = backplane
         self._max_size = max_message_size
+        # Members on other nodes always have a timeout: a broadcast never hangs.
+        self._remote_timeout = call_timeout or DEFAULT_REMOTE_TIMEOUT
         self._token = secrets.token_hex(8)
         self._maker: wire.IdMaker | None = None
         self._held: set[int] = set()  # slots whose channels this node listens on
@@ -648,7 +654,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
             path,
             args,
             kwargs,
-            _ms(timeout or DEFAULT_REMOTE_TIMEOUT),
+            _ms(timeout or self._remote_timeout),
             False,
         )
         if self._backplane.is_up:
@@ -665,7 +671,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         kwargs: dict[str, Any] | None,
         timeout: float | None,
     ) -> list[Outcome[Any]]:
-        wait = timeout if timeout is not None else DEFAULT_REMOTE_TIMEOUT
+        wait = timeout if timeout is not None else self._remote_timeout
         uid = self._next_request()
         message = wire.Broadcast(self.slot, uid, group, path, args, kwargs, _ms(wait), True)
         gather = _Gather(asyncio.get_running_loop().create_future())
