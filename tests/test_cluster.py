@@ -9,6 +9,7 @@ clients connect from the test process. See ``tests/cluster_helpers.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -525,5 +526,40 @@ async def test_get_driver_without_a_backplane_reaches_local_connections() -> Non
         assert await server.disconnect(connection_id + 1) is False
         assert await server.disconnect(connection_id, 4002, "done") is True
         assert (await connector.join()).code == 4002
+    finally:
+        await server.close()
+
+
+async def test_a_malformed_message_is_logged_at_info_and_dropped(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One node in this process, so that its log can be read.
+    server: wsrpc.WebSocketServer[Any, Any, ClientRemote] = wsrpc.WebSocketServer(
+        backplane=wsrpc.RedisBackplane(redis_server.url, name="wsrpc-log-test")
+    )
+    await server.open(0, lambda acceptor: acceptor.accept(object()))
+    try:
+        cluster = server._cluster
+        assert cluster is not None
+        dropped = asyncio.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "malformed" in record.getMessage():
+                    dropped.set()
+
+        watch = Watch(logging.INFO)
+        logger = logging.getLogger("wsrpc.cluster")
+        logger.addHandler(watch)
+        caplog.set_level(logging.INFO, "wsrpc.cluster")
+        try:
+            bomb = b"\x93\x01\x00\xdd\xff\xff\xff\xff"
+            assert await cluster.backplane.publish(f"node:{cluster.slot}", bomb) == 1
+            await asyncio.wait_for(dropped.wait(), 5 * UNIT)
+        finally:
+            logger.removeHandler(watch)
+        (record,) = [r for r in caplog.records if "malformed" in r.getMessage()]
+        assert record.levelno == logging.INFO and f"node:{cluster.slot}" in record.getMessage()
+        assert cluster.backplane.is_up and server.state is wsrpc.ServerState.OPEN
     finally:
         await server.close()
