@@ -38,7 +38,7 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
-# Debian's redis-server, installed only when missing: tests/test_cluster.py
+# Debian's redis-server, installed only when missing: tests/system/test_cluster.py
 # starts its own (127.0.0.1, a free port, no persistence), never the service.
 REDIS_SERVER := /usr/bin/redis-server
 $(REDIS_SERVER):
@@ -54,17 +54,16 @@ $(BROWSER_BUNDLE): $(BROWSER_DEPS) $(BROWSER_EXAMPLE)/package.json $(BROWSER_EXA
 
 browser: $(CHROMIUM) $(BROWSER_BUNDLE)
 
-# docs/img/browser.png, the page as tests/test_browser.py leaves it.
+# docs/img/browser.png, the page as tests/system/test_browser.py leaves it.
 screenshot: $(STAMP) browser
-	WSRPC_UPDATE_SCREENSHOT=1 $(BIN)/python -X dev -m pytest -q tests/test_browser.py -k calls_and_pushes
+	WSRPC_UPDATE_SCREENSHOT=1 $(BIN)/python -X dev -m pytest -q tests/system/test_browser.py -k calls_and_pushes
 
-# The tests that exercise a transport run a second time on the fast one
-# (picows), as the default of every server and connector they make; the
-# sans-I/O, typing, example and interop tests do not depend on it.
-TRANSPORT_TESTS := tests/test_calls.py tests/test_floods.py tests/test_close.py tests/test_handshake.py \
-	tests/test_connections.py tests/test_hostile.py tests/test_load.py \
-	tests/test_faults.py tests/test_sync.py tests/test_idioms.py tests/test_lifetime.py \
-	tests/test_caps.py tests/test_stalled_peers.py
+# tests/ has four folders: core (sans-I/O, no sockets), io (the asyncio layer
+# over real sockets), transports (each transport on its own) and system
+# (examples, docs, typing, packaging, TGrid and the browser). The io tests
+# run a second time on the fast transport (picows), made the default of
+# every server and connector they create.
+IO_TESTS := tests/io
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -73,7 +72,7 @@ test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
 	$(BIN)/python -X dev -m pytest
-	WSRPC_TEST_TRANSPORT=picows $(BIN)/python -X dev -m pytest $(TRANSPORT_TESTS)
+	WSRPC_TEST_TRANSPORT=picows $(BIN)/python -X dev -m pytest $(IO_TESTS)
 
 types: $(STAMP)
 	$(BIN)/mypy

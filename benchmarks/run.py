@@ -57,6 +57,8 @@ class System:
     default: bool = True
     thread_per_connection: bool = False
     """The server runs one thread per connection (idle: capped by the machine's task limits)."""
+    base: bool = False
+    """Runs wsrpc from the ``--base`` checkout (an older commit), to compare commits in one run."""
 
 
 SYSTEMS: dict[str, System] = {
@@ -89,12 +91,31 @@ SYSTEMS: dict[str, System] = {
             ("wsrpc", "picows", "uvloop"),
             uvloop=True,
         ),
+        System(
+            "wsrpc-base",
+            "wsrpc_system",
+            "wsrpc at --base (an older commit)",
+            ("wsrpc",),
+            default=False,
+            base=True,
+        ),
+        System(
+            "wsrpc-fast-base",
+            "wsrpc_fast_system",
+            "wsrpc-fast at --base (an older commit)",
+            ("wsrpc", "picows", "uvloop"),
+            uvloop=True,
+            default=False,
+            base=True,
+        ),
         System("socketio", "socketio_system", "python-socketio (aiohttp)", ("socketio", "aiohttp")),
         System("rpyc", "rpyc_system", "rpyc (threads)", ("rpyc",), thread_per_connection=True),
         System("picows", "picows_system", "raw picows (+uvloop)", ("picows", "msgpack"), True),
     )
 }
 CEILING = "ws-msgpack"
+BASE_CHECKOUT: str | None = None
+"""The ``--base`` checkout that the ``*-base`` systems import wsrpc from."""
 SMOKE_SYSTEMS = ("ws-msgpack", "wsrpc")
 
 
@@ -384,8 +405,11 @@ def kill(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextmanager
-def child(cmd: list[str], log: Path, *, stdin: bool = False) -> Iterator[subprocess.Popen[bytes]]:
-    path = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
+def child(
+    cmd: list[str], log: Path, *, stdin: bool = False, first: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd``; ``first`` goes first on its import path (a ``--base`` checkout)."""
+    path = os.pathsep.join(filter(None, [first, str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
@@ -419,14 +443,17 @@ def run_once(system: System, scenario: str, budget: Budget, workdir: Path) -> di
     result: dict[str, Any] | None = None
     drops_before = listen_drops()
     try:
-        with child([*base, "server", *loop], server_log) as server:
+        first = BASE_CHECKOUT if system.base else None
+        with child([*base, "server", *loop], server_log, first=first) as server:
             assert server.stdout is not None
             line = LineReader(server.stdout).readline(deadline)
             if line is None or not line.startswith("PORT "):
                 raise RunError(f"the server did not print its port: {line!r}")
             port = line.split()[1]
             cmd = [*base, "client", "--port", port, "--scenario", scenario, *loop]
-            with child([*cmd, *budget.client_args()], client_log, stdin=True) as client:
+            with child(
+                [*cmd, *budget.client_args()], client_log, stdin=True, first=first
+            ) as client:
                 assert client.stdout is not None and client.stdin is not None
                 reader = LineReader(client.stdout)
                 while (line := reader.readline(deadline)) is not None:
@@ -804,6 +831,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"idle: runs per figure (default {IDLE_REPEAT}; at most --repeat)",
     )
     parser.add_argument(
+        "--base",
+        type=Path,
+        metavar="CHECKOUT",
+        help="a checkout of another commit (git worktree add); the *-base systems run its wsrpc",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -824,6 +857,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         SMOKE_SYSTEMS if args.smoke else [s.name for s in SYSTEMS.values() if s.default]
     )
     args.systems = pick(args.systems, SYSTEMS, default_systems)
+    if any(SYSTEMS[name].base for name in args.systems):
+        if args.base is None or not (args.base / "wsrpc" / "__init__.py").is_file():
+            parser.error("the *-base systems need --base CHECKOUT (a checkout with wsrpc/ in it)")
+        global BASE_CHECKOUT
+        BASE_CHECKOUT = str(args.base.resolve())
     if CEILING not in args.systems:
         args.systems.insert(0, CEILING)  # every ratio needs it
     args.scenarios = pick(args.scenarios, SCENARIOS, list(SCENARIOS))

@@ -11,7 +11,7 @@ Run from the repository root::
 The server runs in a child process (this script with ``--serve``), on
 127.0.0.1, port 0, with :mod:`tracemalloc` on, so that only its own
 allocations count; the hostile clients run in this process. The cases are
-those of ``tests/test_hostile.py`` (one definition for both): by default the
+those of ``tests/io/test_hostile.py`` (one definition for both): by default the
 ones whose frames are 4 KiB or more or compressed, plus a sample of small
 ones (``--all`` runs every one). Each case runs on a fresh connection to a
 server with the case's options (one child per set of options):
@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import wsrpc  # noqa: E402
-from tests.test_hostile import (  # noqa: E402
+from tests.io.test_hostile import (  # noqa: E402
     ALL_CASES,
     DEFAULT_MAX,
     HEADER,

@@ -38,6 +38,7 @@ import multiprocessing.connection
 import os
 import random
 import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -166,8 +167,8 @@ async def serve(
     async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, Any, Any]) -> None:
         if acceptor.header == "control":
             await acceptor.accept(Control(server, tally))
-        elif acceptor.header == "reject-me":
-            await acceptor.reject(4001, "rejected")
+        elif acceptor.header == "reject-me" or isinstance(acceptor.header, dict):
+            await acceptor.reject(4001, "rejected")  # a token check that fails
         else:
             await acceptor.accept(Soak(acceptor))
 
@@ -470,16 +471,63 @@ async def case_flood(url: str, rng: random.Random) -> None:
         ws.transport.abort()
 
 
-def client_frame(payload: bytes) -> bytes:
-    """A masked binary client frame (zero key), to write many in one TCP write."""
+def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A masked client frame (zero key; binary by default), to write many in one TCP write."""
     size = len(payload)
+    first = 0x80 | opcode
     if size < 126:
-        head = bytes([0x82, 0x80 | size])
+        head = bytes([first, 0x80 | size])
     elif size < 2**16:
-        head = bytes([0x82, 0x80 | 126]) + size.to_bytes(2, "big")
+        head = bytes([first, 0x80 | 126]) + size.to_bytes(2, "big")
     else:
-        head = bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big")
+        head = bytes([first, 0x80 | 127]) + size.to_bytes(8, "big")
     return head + b"\0\0\0\0" + payload
+
+
+async def case_rejected_large_header(url: str, rng: random.Random) -> None:
+    # A valid header of 100,000 empty maps (under the per-frame container cap),
+    # rejected by the token check: a rejected connection keeps nothing, its
+    # decoded header included.
+    header = {"token": "wrong", "padding": [{}] * 100_000}
+    connector: wsrpc.WebSocketConnector[Any, None, Any] = wsrpc.WebSocketConnector(header)
+    try:
+        await connector.connect(url, timeout=10)
+    except wsrpc.RejectedError as exc:
+        assert exc.code == 4001, exc
+    else:
+        await connector.close()
+        raise AssertionError("not rejected")
+
+
+async def case_ping_flood(url: str, rng: random.Random) -> None:
+    # Pings and never a read, before the header: pongs must not pile up.
+    ws = await ws_connect(url, max_size=None, ping_interval=None, close_timeout=2)
+    try:
+        ws.transport.pause_reading()
+        ping = client_frame(b"p" * 125, opcode=0x9)
+        for _ in range(40):
+            ws.transport.write(ping * 1000)  # 131 KB of pings per write
+            await asyncio.sleep(0)  # let the loop write them
+    finally:
+        ws.transport.abort()
+
+
+async def case_reset_while_paused(url: str, rng: random.Random) -> None:
+    # Fill the backlog so the server stops reading, then reset the
+    # connection: the server notices within about a second anyway.
+    ws = await opened(url)
+    try:
+        ws.transport.write(
+            b"".join(
+                client_frame(msgpack.packb([2, uid, "slow", [30]]))
+                for uid in range(1, 4 * MAX_CALLS)
+            )
+        )
+        await asyncio.sleep(rng.uniform(0.05, 0.3))
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        ws.transport.abort()  # with SO_LINGER 0: a reset
 
 
 async def case_one_read_flood(url: str, rng: random.Random) -> None:
@@ -614,6 +662,9 @@ CASES: list[tuple[str, Callable[[str, random.Random], Awaitable[None]]]] = [
     ("one-read flood", case_one_read_flood),
     ("unread answers", case_unread_answers),
     ("expensive frame", case_expensive_frame),
+    ("rejected large header", case_rejected_large_header),
+    ("ping flood", case_ping_flood),
+    ("reset while paused", case_reset_while_paused),
 ]
 SILENT_CASES = [("silent tcp", case_silent_tcp), ("silent websocket", case_silent_websocket)]
 
@@ -656,6 +707,11 @@ async def run_case(
 
 
 async def main(args: argparse.Namespace) -> int:
+    if args.only:
+        unknown = set(args.only) - {name for name, _ in CASES}
+        if unknown:
+            raise SystemExit(f"unknown case(s) {sorted(unknown)}; see CASES in {__file__}")
+        CASES[:] = [(name, case) for name, case in CASES if name in args.only]
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=server_process, args=(child, args.transport), daemon=True)
@@ -674,11 +730,15 @@ async def main(args: argparse.Namespace) -> int:
     )
     began = time.monotonic()
     deadline = began + args.duration
+    # The attackers stop at 80 % of the run; the honest clients go on alone,
+    # so that the memory after the attacks shows whether anything was kept.
+    attacks_end = began + 0.8 * args.duration
     work = asyncio.gather(
         *(honest_client(url, i, args.workers, deadline) for i in range(args.clients)),
-        *(attacker(url, 1000 * (i + 1), deadline) for i in range(args.attackers)),
+        *(attacker(url, 1000 * (i + 1), attacks_end) for i in range(args.attackers)),
         return_exceptions=True,
     )
+    quiet: list[float] = []  # RSS samples once the attacks are over
     peak = start["VmRSS"]
     samples = []
     while not work.done():
@@ -686,6 +746,8 @@ async def main(args: argparse.Namespace) -> int:
         now = await stats()
         peak = max(peak, now["VmHWM"])
         samples.append(now["VmRSS"])
+        if time.monotonic() > attacks_end + 5:  # the last attacks' connections reaped
+            quiet.append(now["VmRSS"])
         print(
             f"[{time.monotonic() - began:6.0f} s] honest ok {COUNTS.honest_ok} failed "
             f"{COUNTS.honest_failed}; attacker cases {sum(COUNTS.cases.values())} unexpected "
@@ -736,6 +798,11 @@ async def main(args: argparse.Namespace) -> int:
         f"MiB, end {end['VmRSS']:.1f} MiB (samples min {min(samples):.1f}, "
         f"max {max(samples):.1f})"
     )
+    if len(quiet) >= 2:
+        print(
+            f"server RSS quiet    after the attacks stopped: first {quiet[0]:.1f} MiB, last "
+            f"{quiet[-1]:.1f} MiB, {len(quiet)} samples (growth {quiet[-1] - quiet[0]:+.1f} MiB)"
+        )
     print(f"server fds          start {start['fds']:.0f}, end {end['fds']:.0f} (control included)")
     print(
         f"server tasks at end {end['tasks']} with only the control connection open; "
@@ -763,6 +830,9 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=20, help="honest clients (default 20)")
     parser.add_argument("--workers", type=int, default=4, help="concurrent calls per client")
     parser.add_argument("--attackers", type=int, default=2, help="attackers (default 2)")
+    parser.add_argument(
+        "--only", action="append", metavar="CASE", help="attack with this case only (repeatable)"
+    )
     parser.add_argument(
         "--transport",
         choices=["websockets", "picows"],

@@ -24,8 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsrpc
-from tests.test_hostile import rss
-from tests.test_stalled_peers import (
+from tests.io.test_hostile import rss
+from tests.io.test_stalled_peers import (
     MiB,
     Service,
     accepting,

@@ -4,10 +4,13 @@ Shared test helpers.
 Every timeout in the tests is a multiple of ``UNIT`` seconds, so a slow
 machine can scale them all with ``WSRPC_TEST_UNIT=2``.
 
+The folders: ``core`` (sans-I/O, no sockets), ``io`` (the asyncio layer
+over real sockets), ``transports`` (each transport on its own) and
+``system`` (examples, docs, typing, packaging, TGrid, the browser).
 ``WSRPC_TEST_TRANSPORT=picows`` runs the tests on the fast transport: it
 becomes the default of every server and connector the tests make (``make
-test`` runs the transport-independent tests once more this way). Nothing synchronises
-with sleep(): tests wait on events, futures or ``join()``, bounded by these
+test`` runs ``tests/io`` once more this way). Nothing synchronises with
+sleep(): tests wait on events, futures or ``join()``, bounded by these
 generous timeouts. Servers bind 127.0.0.1 on port 0.
 """
 
@@ -105,7 +108,7 @@ def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the hostile-input figures (latency, memory) if those tests ran."""
-    hostile = sys.modules.get("tests.test_hostile")
+    hostile = sys.modules.get("tests.io.test_hostile")
     lines = hostile.report_lines() if hostile is not None else []
     if lines:
         terminalreporter.section("hostile input: measured")

@@ -37,6 +37,7 @@ from .exceptions import (
 from .groups import Group, Outcome
 from .http import HttpRequest, HttpResponse, Upgrade
 from .messages import CloseCode
+from .reconnect import ReconnectPolicy
 from .server import Handler, WebSocketServer
 from .states import AcceptorState, CloseInfo, ConnectorState, ServerState
 
@@ -62,6 +63,8 @@ __all__ = [
     # connector.py
     "WebSocketConnector",
     "TransportName",
+    # reconnect.py
+    "ReconnectPolicy",
     # states.py
     "AcceptorState",
     "CloseInfo",

@@ -113,6 +113,7 @@ class Communicator:
         ping_interval: float | None,
         ping_timeout: float | None,
         call_error_log_level: int,
+        close_timeout: float,
         on_closed: Callable[[CloseInfo], Awaitable[None]],
         on_close_frame: CloseFrameCallback | None = None,
         early: Sequence[bytes | str] = (),
@@ -133,6 +134,7 @@ class Communicator:
         self._provider: object = provider
         self._call_timeout = call_timeout
         self._error_level = call_error_log_level
+        self._close_timeout = close_timeout
         self._label = label
         self._on_closed: Callable[[CloseInfo], Awaitable[None]] | None = on_closed
         self._loop = asyncio.get_running_loop()
@@ -352,6 +354,12 @@ class Communicator:
         self._ping_timer = None
         reason = "keepalive ping timeout"
         self._abort(CloseCode.INTERNAL_ERROR, reason)
+        # The peer is silent: waiting close_timeout for its half of the
+        # closing handshake would only delay the owner's learning of the
+        # loss (a reconnecting connector's, above all). The close started
+        # above sends our close frame first (both transports do so before
+        # their first await); then the socket is dropped.
+        self._loop.call_soon(self._channel.abort)
 
     # -- incoming messages ---------------------------------------------------
 
@@ -419,10 +427,20 @@ class Communicator:
         self._wind_down_task = self._loop.create_task(self._wind_down())
 
     async def _wind_down(self) -> None:
-        # Let the cancelled calls unwind, then tell join() and the owner.
+        # Let the cancelled calls unwind, then tell join() and the owner. A
+        # method that ignores its cancellation gets close_timeout: the close
+        # must end whatever the provider does (it goes on, forgotten).
         tasks = list(self._running.values()) + list(self._background or ())
         if tasks:
-            await asyncio.wait(tasks)
+            _, left = await asyncio.wait(tasks, timeout=self._close_timeout)
+            if left:
+                logger.warning(
+                    "%s: %d call(s) still running %s s after the connection closed; "
+                    "they ignore their cancellation and are left behind",
+                    self._label or "connection",
+                    len(left),
+                    self._close_timeout,
+                )
         closed = self.closed
         assert closed is not None
         on_closed, self._on_closed = self._on_closed, None
@@ -438,7 +456,22 @@ class Communicator:
 
     # -- incoming calls ------------------------------------------------------
 
+    def running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the peer's calls running here now (not those in the backlog)."""
+        return list(self._running.values())
+
     def _on_call(self, call: Call) -> None:
+        """
+        Admit one of the peer's calls: answer it, run it, queue it, or refuse it.
+
+        In order: a path the member rules refuse gets an error reply; a plain
+        method runs here and now and is answered (it cannot wait, so it
+        takes no concurrency); an async method runs in a task of its own
+        if it is a callback of one of our pending calls (see
+        :meth:`_is_callback`) or if fewer than ``max_calls`` of the peer's
+        calls run; otherwise it waits in the backlog, and a full backlog
+        stops the channel's delivery until a call ends.
+        """
         uid = call.uid
         protocol = self._protocol
         try:
@@ -462,15 +495,10 @@ class Communicator:
             # A plain function that returned an awaitable (a decorator's
             # wrapper around a coroutine function): await it in a task.
             func = _returning(result)
-        nested = self._nested
-        if (
-            call.parent is not None
-            and call.parent in protocol.outgoing
-            and (nested is None or len(nested) < len(protocol.outgoing))
-        ):
-            if nested is None:
-                nested = self._nested = set()
-            nested.add(uid)  # a callback of one of our calls: runs now
+        if self._is_callback(call):
+            if self._nested is None:
+                self._nested = set()
+            self._nested.add(uid)  # runs now, past the limit: see the module's docstring
             self._start(call, func)
             return
         if self._counted_running() < protocol.max_calls:
@@ -483,6 +511,23 @@ class Communicator:
             # The peer ignores our limit: stop reading until a slot frees.
             self._backlog_full = True
             self._update_reading()
+
+    def _is_callback(self, call: Call) -> bool:
+        """
+        Whether ``call`` is a callback of one of our own pending calls, to run
+        past the limit.
+
+        It must name as its parent a call of ours still waiting for its
+        answer, and there must be fewer such callbacks running than we have
+        calls pending: a peer faking parents gains at most that many extra
+        running calls.
+        """
+        parent = call.parent
+        if parent is None:
+            return False
+        outgoing = self._protocol.outgoing
+        nested = self._nested
+        return parent in outgoing and (nested is None or len(nested) < len(outgoing))
 
     def _counted_running(self) -> int:
         return len(self._running) - (len(self._nested) if self._nested else 0)
@@ -604,7 +649,16 @@ class Communicator:
     # -- closing -------------------------------------------------------------
 
     def _finish(self, exc: ConnectionClosedError) -> None:
-        """Fail every pending call and cancel every running one, once."""
+        """
+        The connection is closing or gone: the one place where that takes effect.
+
+        Called by whoever notices first (see the module's docstring), once;
+        later calls do nothing. Records ``exc`` as :attr:`closed` (calls made
+        from now on fail with a copy of it), stops the keepalive, fails every
+        pending call with a copy of ``exc``, cancels every running call of
+        the peer's and drops the backlog. It does not close the channel:
+        the caller does, or the channel is gone already.
+        """
         if self.closed is not None:
             return
         self.closed = exc

@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 
 from .states import CloseInfo
 
-__all__ = ["CloseRequestHook", "ClosedHook", "call_hook_soon", "run_hook", "run_within"]
+__all__ = [
+    "BackHook",
+    "CloseRequestHook",
+    "ClosedHook",
+    "LostHook",
+    "call_hook_soon",
+    "run_hook",
+    "run_within",
+]
 
 logger = logging.getLogger("wsrpc")
 
@@ -25,6 +33,10 @@ CloseRequestHook = Callable[[int, str], Awaitable[None] | None]
 """``hook(code, reason)``: the peer's close frame arrived."""
 ClosedHook = Callable[[OwnerT, CloseInfo], Awaitable[None] | None]
 """``hook(acceptor_or_connector, info)``: the connection is gone."""
+LostHook = Callable[[OwnerT, CloseInfo], Awaitable[None] | None]
+"""``hook(connector, info)``: a reconnecting connector lost its connection and will reconnect."""
+BackHook = Callable[[OwnerT], Awaitable[None] | None]
+"""``hook(connector)``: a reconnecting connector is connected again."""
 
 
 async def run_hook(hook: Callable[..., Awaitable[None] | None], *args: Any) -> None:

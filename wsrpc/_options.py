@@ -78,4 +78,5 @@ class Options:
             "ping_interval": self.ping_interval,
             "ping_timeout": self.ping_timeout,
             "call_error_log_level": self.call_error_log_level,
+            "close_timeout": self.close_timeout,
         }

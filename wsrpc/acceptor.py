@@ -8,6 +8,7 @@ Imports the core and the transports; never a front end.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ from ._util import check_close
 from .codecs import Codec
 from .dispatch import check_provider
 from .driver import Drivers
-from .exceptions import ConnectionClosedError, ProtocolError, StateError
+from .exceptions import (
+    ConnectionClosedError,
+    ProtocolError,
+    RemoteError,
+    RpcTimeoutError,
+    StateError,
+)
 from .http import HeadersView
 from .messages import CloseCode
 from .protocol import RpcProtocol, Side
@@ -30,7 +37,7 @@ from .states import AcceptorState, CloseInfo
 if TYPE_CHECKING:
     from .server import Handler
 
-__all__ = ["ServerSide", "WebSocketAcceptor", "loop_of"]
+__all__ = ["PROBE_PATH", "ServerSide", "WebSocketAcceptor", "loop_of"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -40,6 +47,18 @@ RemoteT = TypeVar("RemoteT")
 
 TOKEN = object()
 """Proof that the server, not a user, creates an acceptor."""
+
+PROBE_PATH = "_wsrpc_probe"
+"""
+The call that stands for a ping on a transport that cannot ping (ASGI).
+
+A name starting with ``_`` is refused by every wsrpc peer (the member
+rules) and by every TGrid peer (its own rule), at once and without running
+anything: the refusal is the pong.
+"""
+
+_PROBE_FIRST_WAIT = 0.05
+"""Seconds the first TGrid barrier probe waits for its answer (doubled per retry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +263,8 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             **self._options.communicator_kwargs(),
         )
         self._drivers.open(communicator.call)
+        if channel.needs_round_trip:
+            channel.set_round_trip(functools.partial(_probe, communicator, None))
         try:
             channel.send(frame)
             if protocol.codec.name == "tgrid":
@@ -264,12 +285,35 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         # as "1" is lost. A ping sent after "1" is answered while that read
         # is parsed; once its pong is back, the client's microtasks have run
         # and its handler is in place. Calls sent after this are safe.
+        if self._channel.needs_round_trip:
+            await self._probe_barrier()
+            return
         pong = self._channel.ping()
         try:
             async with asyncio.timeout(self._options.close_timeout):
                 await pong
         except TimeoutError:
             pass  # a silent client is for keepalive to judge, not accept()
+
+    async def _probe_barrier(self) -> None:
+        # No ping (ASGI): a probe call instead, whose refusal comes back
+        # once the client's handler is in place. A probe in the same read as
+        # "1" is lost, so an unanswered one is sent again, waiting twice as
+        # long each time, for close_timeout in all.
+        communicator = self._communicator
+        assert communicator is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.close_timeout
+        wait = _PROBE_FIRST_WAIT
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return  # a silent client is for keepalive to judge, not accept()
+            try:
+                await _probe(communicator, min(wait, left))
+                return
+            except RpcTimeoutError:
+                wait *= 2
 
     async def reject(
         self, code: int = CloseCode.POLICY_VIOLATION, reason: str = "rejected"
@@ -460,6 +504,13 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
 
     # -- driven by the server ------------------------------------------------
 
+    def _running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the client's calls running here (for ``server.shutdown()``)."""
+        communicator = self._communicator
+        if communicator is None or communicator.closed is not None:
+            return []
+        return communicator.running_calls()
+
     async def _run(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> None:
         """The connection's whole life: header, handler, close (driven by the server)."""
         if not await self._receive_header(self._side.header_timeout):
@@ -549,6 +600,20 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             logger.error("connection handler raised", exc_info=error)
             if self._state is AcceptorState.OPEN:
                 await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+async def _probe(communicator: Communicator, timeout: float | None) -> None:
+    """
+    Call :data:`PROBE_PATH` on the peer; return once it answered.
+
+    Raises:
+        ConnectionClosedError: the connection closed first.
+        RpcTimeoutError: no answer within ``timeout`` (or the ``call_timeout``).
+    """
+    try:
+        await communicator.call(PROBE_PATH, (), {}, timeout)
+    except RemoteError:
+        pass  # the refusal: the answer expected
 
 
 def loop_of(acceptor: WebSocketAcceptor[Any, Any, Any]) -> asyncio.AbstractEventLoop:

@@ -278,10 +278,14 @@ def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAI
     if collecting:
         gc.disable()
     try:
-        if most is not None and len(frame) > most and _containers(frame) > most:
-            # Bytes that may start a container (an upper bound, counted
-            # at C speed) are over the budget: count the containers as
-            # they are built, and stop at the first one over it.
+        if most is not None and len(frame) > most:
+            # A frame long enough to hold more containers than the
+            # budget: count them as msgpack builds them, and stop at the
+            # first one over it. The hook runs once per array or map, so
+            # a frame of a few large values (a 1 MiB blob) costs what
+            # plain decoding costs; scanning the bytes for what could
+            # start a container cost 5 ms per MiB (and blobs look full
+            # of them).
             obj = _unpack_counted(frame, limit, most)
         elif limit is None:
             obj = msgpack.unpackb(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
@@ -31,6 +32,7 @@ from ._options import (
 )
 from ._registry import LocalRegistry, Registry
 from ._transports import Channel, Listener, TransportName
+from ._transports.asgi import AsgiApp, make_app
 from ._util import check_close
 from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
@@ -208,6 +210,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         )
         self._http_handler: HttpHandler | None = None
         self._closed = asyncio.Event()
+        self._draining = False  # shutdown() stopped accepting
+        self._asgi = False  # served through asgi(), not open()
 
     @property
     def state(self) -> ServerState:
@@ -222,6 +226,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Raises:
             StateError: the server is not open.
         """
+        if self._asgi and self._state is ServerState.OPEN:
+            raise StateError("no port: the server is served by an ASGI server (asgi())")
         if self._server is None or self._state is not ServerState.OPEN:
             raise StateError(f"no port: the server is {self._state.value}")
         return self._server.port
@@ -376,6 +382,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         *,
         host: str = "127.0.0.1",
         http_handler: HttpHandler | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """
         Start listening on ``host``:``port`` and serve each client with ``handler``.
@@ -388,6 +396,14 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 ``"0.0.0.0"`` or ``"::"`` to serve other machines.
             http_handler: Sees every HTTP request before the upgrade and may
                 answer it or add headers to the upgrade (see :mod:`wsrpc.http`).
+            ssl: Serve TLS (``wss://``) with this server-side context (its
+                certificate chain loaded; ``verify_mode = CERT_REQUIRED``
+                and a CA to demand client certificates). None: plain ``ws://``.
+            reuse_port: Set ``SO_REUSEPORT`` on the listening socket, so that
+                several processes may serve the same port, each opening it
+                with ``reuse_port=True`` (Linux spreads new connections
+                among them). With port 0, the first process gets a free
+                port, which the others then open by its number.
 
         Raises:
             StateError: the server is not in the ``NONE`` state.
@@ -413,6 +429,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 options=self._options,
                 origins=self._origins,
                 http_handler=http_handler,
+                ssl=ssl,
+                reuse_port=reuse_port,
             )
         except BaseException:
             if self._cluster is not None:
@@ -420,6 +438,59 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             self._state = ServerState.NONE
             raise
         self._state = ServerState.OPEN
+
+    def asgi(self, handler: Handler[HeaderT, ProviderT, RemoteT]) -> AsgiApp:
+        """
+        An ASGI application that serves ``handler`` to WebSocket clients,
+        for an ASGI server (uvicorn, hypercorn) to run, alone or mounted in
+        a web framework (Starlette, FastAPI)::
+
+            app.mount("/rpc", server.asgi(handler))
+
+        Everything of the server holds as with :meth:`open`: its limits,
+        ``origins`` (HTTP 403), codecs, hooks, groups, :attr:`acceptors`,
+        :meth:`close` and :meth:`shutdown`. The ASGI server owns the socket,
+        the upgrade, TLS, frame-level limits and compression: see "Inside an
+        ASGI app" in docs/deployment.md. Each acceptor's
+        :attr:`~WebSocketAcceptor.ip`, :attr:`~WebSocketAcceptor.path` and
+        :attr:`~WebSocketAcceptor.request_headers` come from the ASGI scope
+        (so a proxy-headers middleware sets the ``ip``).
+
+        The application answers ``http`` scopes with 404, and ``lifespan``
+        events (its shutdown closes the server), so that ``uvicorn
+        module:app`` may run it alone.
+
+        The server is ``OPEN`` from this call on (no :attr:`port`: the ASGI
+        server listens) until :meth:`close`, after which new connections
+        get HTTP 503.
+
+        Raises:
+            StateError: the server is not in the ``NONE`` state (opened
+                already, or ``asgi()`` called before).
+            ValueError: ``transport="picows"`` (the ASGI server is the
+                transport), or a ``backplane`` (served with :meth:`open` only).
+        """
+        if self._state is not ServerState.NONE:
+            raise StateError(f"cannot serve through ASGI: the server is {self._state.value}")
+        if self._options.transport != "websockets":
+            raise ValueError("asgi() serves through the ASGI server: leave transport= alone")
+        if self._cluster is not None:
+            # Joining the application (claiming a node slot) needs Redis,
+            # and this method cannot wait: open() does it.
+            raise ValueError("a server with a backplane is served with open(), not asgi() (yet)")
+        self._handler = handler
+        self._asgi = True
+        self._state = ServerState.OPEN
+        return make_app(
+            self._entry,
+            options=self._options,
+            origins=self._origins,
+            accepting=self._accepting,
+            on_shutdown=self.close,
+        )
+
+    def _accepting(self) -> bool:
+        return self._state is ServerState.OPEN and not self._draining
 
     async def _handle(self, channel: Channel) -> None:
         assert self._handler is not None
@@ -451,6 +522,54 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             pending.discard(acceptor_id)
             registry.remove(acceptor)
 
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """
+        Stop gracefully: stop accepting, let running calls finish, then close.
+
+        New connections are refused at once (the listening socket closes);
+        open connections stay open while any provider method called by a
+        client is still running here, for at most ``grace`` seconds, and
+        their clients may go on calling meanwhile. Then :meth:`close`:
+        every client is closed with 1001 (going away), and calls still
+        running are cancelled. What ``wsrpc serve`` does on SIGTERM.
+
+        Idempotent, as :meth:`close`; a server that is not open is just closed.
+
+        Raises:
+            ValueError: ``grace`` is negative.
+        """
+        if not grace >= 0:
+            raise ValueError(f"grace must be 0 or more, not {grace!r}")
+        if self._state is ServerState.OPEN and not self._draining:
+            self._draining = True
+            if self._server is not None:
+                self._server.stop_accepting()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            running = self._running_calls()
+            logger.info(
+                "stopped accepting connections; waiting up to %s s for %d running calls",
+                grace,
+                len(running),
+            )
+            while True:
+                left = deadline - loop.time()
+                if not running or left <= 0 or self._state is not ServerState.OPEN:
+                    break
+                await asyncio.wait(running, timeout=left)
+                running = self._running_calls()
+            if running:
+                logger.info("grace period over: cancelling %d running calls", len(running))
+        await self.close()
+
+    def _running_calls(self) -> list[asyncio.Task[None]]:
+        """The tasks of the calls clients have running here."""
+        return [
+            task
+            for acceptor in list(self._registry.connections.values())
+            for task in acceptor._running_calls()
+        ]
+
     async def close(self) -> None:
         """
         Stop listening and close every client with 1001 (going away).
@@ -467,16 +586,18 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             return
         self._state = ServerState.CLOSING
         server = self._server
-        assert server is not None
+        assert server is not None or self._asgi
         try:
-            server.stop_accepting()
+            if not self._draining and server is not None:
+                server.stop_accepting()
             acceptors = list(self._registry.connections.values())
             if acceptors:
                 await asyncio.gather(
                     *(a.close(CloseCode.GOING_AWAY, "server closing") for a in acceptors),
                     return_exceptions=True,
                 )
-            await server.wait_closed()
+            if server is not None:
+                await server.wait_closed()
             await self._registry.wait_idle()  # notifications still running
             if self._cluster is not None:
                 await self._cluster.stop()

@@ -53,8 +53,12 @@ class ConnectorState(enum.Enum):
     error also pass through ``CLOSING``: from then on calls fail, while the
     socket is torn down.
 
-    A failed :meth:`~WebSocketConnector.connect` ends in ``CLOSED``: a
-    connector connects once; make a new one to connect again.
+    A failed :meth:`~WebSocketConnector.connect` ends in ``CLOSED``.
+
+    A reconnecting connector (``reconnect=True``) that loses its connection
+    goes ``OPEN`` ─▶ ``CONNECTING`` ─▶ ``OPEN`` (calls made meanwhile
+    wait); ``CLOSED`` stays final. Without ``reconnect``, a connector
+    connects once; make a new one to connect again.
     """
 
     NONE = "none"

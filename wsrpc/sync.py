@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl as _ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
@@ -63,7 +64,7 @@ from ._options import (
     DEFAULT_STALL_TIMEOUT,
 )
 from ._portal import LoopThread, Portal, PortalSlot
-from ._transports import TransportName
+from ._transports import TransportName, tls_context_for
 from ._util import check_close
 from .acceptor import WebSocketAcceptor, loop_of
 from .codecs import Codec, CodecName
@@ -71,6 +72,7 @@ from .dispatch import is_remote_name
 from .driver import Driver
 from .exceptions import ConnectionClosedError, RpcTimeoutError, StateError
 from .messages import CloseCode
+from .reconnect import ReconnectPolicy
 from .states import AcceptorState, CloseInfo, ConnectorState
 
 __all__ = ["SyncDriver", "ThreadsafeAcceptor", "WebSocketConnector"]
@@ -150,13 +152,16 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
     The connector runs an event loop in a daemon thread, from
     :meth:`connect` until the connection is closed, and drives an async
     :class:`wsrpc.WebSocketConnector` on it. ``provider``'s methods run on
-    that thread; see the module's documentation for the threading model. A
-    connector connects once; to reconnect, make a new one.
+    that thread; see the module's documentation for the threading model.
+    Without ``reconnect``, a connector connects once; with it, it reconnects
+    by itself after a lost connection, as the async connector does, and its
+    thread runs until the final close. A callable header runs on the
+    connector's event loop thread: it must not block.
     """
 
     def __init__(
         self,
-        header: HeaderT,
+        header: HeaderT | Callable[[], HeaderT | Awaitable[HeaderT]],
         provider: ProviderT | None = None,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -172,6 +177,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
+        reconnect: bool | ReconnectPolicy = False,
     ) -> None:
         self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
             header,
@@ -189,6 +195,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             codec=codec,
             additional_headers=additional_headers,
             transport=transport,
+            reconnect=reconnect,
         )
         self._lock = threading.Lock()
         self._portal: LoopThread | None = None
@@ -252,29 +259,34 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         """The URL given to :meth:`connect`; empty before it."""
         return self._inner.url
 
-    def connect(self, url: str, *, timeout: float | None = 10.0) -> None:
+    def connect(
+        self, url: str, *, timeout: float | None = 10.0, ssl: _ssl.SSLContext | None = None
+    ) -> None:
         """
         Open the WebSocket to ``url``, send the header and wait for the verdict.
 
         Starts the connector's event loop thread; a connect that fails stops
-        it again.
+        it again. ``ssl``: the TLS context of a ``wss://`` URL, as for
+        :meth:`wsrpc.WebSocketConnector.connect`.
 
         Raises:
             StateError: the connector was already used.
+            ValueError: ``ssl`` with a ``ws://`` URL.
             ConnectError, RejectedError, EncodeError, RpcTimeoutError: as for
                 :meth:`wsrpc.WebSocketConnector.connect`.
         """
+        tls_context_for(url, ssl)  # ValueError before any thread starts
         portal = self._start()
         connected = False
         try:
-            portal.run(self._connect(url, timeout), "connect")
+            portal.run(self._connect(url, timeout, ssl), "connect")
             connected = True
         finally:
             if not connected:
                 portal.stop()
 
-    async def _connect(self, url: str, timeout: float | None) -> None:
-        await self._inner.connect(url, timeout=timeout)
+    async def _connect(self, url: str, timeout: float | None, ssl: _ssl.SSLContext | None) -> None:
+        await self._inner.connect(url, timeout=timeout, ssl=ssl)
         self._watcher = asyncio.get_running_loop().create_task(self._stop_when_closed())
 
     async def _stop_when_closed(self) -> None:
@@ -376,8 +388,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._inner.state is not ConnectorState.CONNECTING:
+        try:
             self.close()
+        except StateError:
+            pass  # connect() is in progress in another thread: it is that thread's to end
 
 
 SyncRemoteT = TypeVar("SyncRemoteT")

@@ -1,4 +1,4 @@
-// A real TGrid (npm "tgrid", 1.2.1) server, driven by tests/test_tgrid_interop.py.
+// A real TGrid (npm "tgrid", 1.2.1) server, driven by tests/system/test_tgrid_interop.py.
 //
 //   node server.js
 //

@@ -10,3 +10,7 @@ that ``wire`` stays importable without asyncio.
 Layer: the connections, wsrpc's asyncio layer (docs/architecture.md),
 except ``wire``, in the sans-I/O core.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

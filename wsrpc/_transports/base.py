@@ -28,8 +28,9 @@ import abc
 import asyncio
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "ABNORMAL",
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_FRAGMENTS",
     "STALL_CODE",
     "STALL_REASON",
+    "TLS_CLOSED",
     "Channel",
     "ChannelClosed",
     "CloseFrameCallback",
@@ -63,6 +65,17 @@ ABNORMAL = 1006
 STALL_CODE = 1008
 """The close code of a peer that kept our write buffer full (see ``stall_timeout``)."""
 STALL_REASON = "peer not reading"
+
+TLS_CLOSED = (
+    "TLS failed: the server closed the connection right after the TLS handshake, "
+    "before any HTTP response: it refused this client's certificate, or the lack of one"
+)
+"""
+Why a ``wss://`` connect ended before the upgrade's response. With TLS 1.3 a
+server checks the client's certificate after the client's handshake is
+done, and its alert does not reach the client through asyncio's TLS (nor
+picows'): only the end of the stream does.
+"""
 
 # Linux reports a TCP socket's state (tcp_info.tcpi_state, its first byte).
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
@@ -182,6 +195,21 @@ class Channel(abc.ABC):
 
         Raises:
             ChannelClosed: the connection is closing or closed.
+        """
+
+    needs_round_trip: ClassVar[bool] = False
+    """
+    Whether the transport cannot ping (ASGI): its :meth:`ping` then runs the
+    round trip given to :meth:`set_round_trip`, and resolves at once until
+    one is given.
+    """
+
+    def set_round_trip(self, round_trip: Callable[[], Awaitable[object]]) -> None:  # noqa: B027
+        """
+        Give a transport that cannot ping (:attr:`needs_round_trip`) what
+        :meth:`ping` runs instead: a coroutine function that returns once
+        the peer answered (its exceptions mean no answer). Ignored by the
+        transports that ping.
         """
 
     # -- closing --------------------------------------------------------------

@@ -55,10 +55,11 @@ import contextvars
 import ipaddress
 import logging
 import socket
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from picows import (
     WSCloseCode,
@@ -78,11 +79,12 @@ from picows import (
 
 from .._options import Options
 from ..messages import CloseCode
+from .assembly import Assembler, AssemblyError
 from .base import (
     LOSS_POLL_INTERVAL,
-    MAX_FRAGMENTS,
     STALL_CODE,
     STALL_REASON,
+    TLS_CLOSED,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -98,7 +100,9 @@ __all__ = ["HANDSHAKE_TIMEOUT", "PicowsChannel", "connect", "listen"]
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds for the HTTP upgrade, either side (websockets' default ``open_timeout``)."""
 
-_TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+_PING_ID_SIZE = 8
+"""Bytes of a ping's payload: its number, so that a pong tells which pings it answers."""
 _CLOSE, _PING, _PONG = WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG
 _NO_STATUS = 1005  # a close frame without a code: received only, never on the wire
 # picows reads into a buffer of its own per connection, 16 KiB unless told,
@@ -149,26 +153,25 @@ class PicowsChannel(Channel, WSListener):
     # dict would cost more than the slots.
     __slots__ = (
         "_abort_timer",
+        "_assembler",
         "_close_timeout",
         "_closing",
         "_drain_waiters",
-        "_fragments",
-        "_fragments_size",
-        "_fragments_text",
         "_gone",
         "_gone_waiters",
         "_held",
         "_held_size",
         "_loop",
         "_loss_timer",
-        "_max_size",
         "_on_close_frame",
         "_on_connected",
         "_on_lost",
         "_on_message",
         "_peer_first",
         "_pending_pong",
+        "_ping_id",
         "_pings",
+        "_pong_scheduled",
         "_reading_paused",
         "_reaper",
         "_received",
@@ -191,11 +194,11 @@ class PicowsChannel(Channel, WSListener):
         on_connected: Callable[[PicowsChannel], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._max_size = max_message_size
         self._close_timeout = close_timeout
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._pending_pong: bytes | None = None  # the latest ping's, until flushed
+        self._pong_scheduled = False
         self._loss_timer: asyncio.TimerHandle | None = None
         self._on_connected = on_connected
         self._remote_ip = ""
@@ -207,9 +210,7 @@ class PicowsChannel(Channel, WSListener):
         # those read while reading is paused (see pause_reading()).
         self._held: deque[bytes | str] | None = None
         self._held_size = 0
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
-        self._fragments_text = False
+        self._assembler = Assembler(max_message_size)
         self._reading_paused = False
         # sending
         # Flags, and lists of waiters made only while someone waits, rather
@@ -221,7 +222,8 @@ class PicowsChannel(Channel, WSListener):
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # see drain()
         # Pings awaiting their pong; made by ping() and dropped once empty,
         # for the same reason (a deque is some 760 bytes).
-        self._pings: deque[asyncio.Future[None]] | None = None
+        self._pings: deque[tuple[int, asyncio.Future[None]]] | None = None
+        self._ping_id = 0  # the number of the last ping sent, its payload
         # closing
         self._closing = False  # a close frame went either way, or abort()
         self._sent: tuple[int, str] | None = None
@@ -247,27 +249,36 @@ class PicowsChannel(Channel, WSListener):
         if msg_type is _CLOSE:
             self._close_frame(frame)
         elif msg_type is _PONG:
+            # A pong answers its ping and every ping sent before it: a peer
+            # may answer only the latest of several (RFC 6455 5.5.3, as
+            # wsrpc itself does). Pings carry their number; a pong whose
+            # payload is not one of ours (unsolicited) answers nothing.
             pings = self._pings
-            while pings:
-                waiter = pings.popleft()
-                if not waiter.done():  # a caller may have cancelled it
-                    waiter.set_result(None)
-                    break
+            payload = frame.get_payload_as_bytes()
+            if pings and len(payload) == _PING_ID_SIZE:
+                answered = int.from_bytes(payload, "big")
+                while pings and pings[0][0] <= answered:
+                    _, waiter = pings.popleft()
+                    if not waiter.done():  # a caller may have cancelled it
+                        waiter.set_result(None)
             if not pings:
                 self._pings = None  # keepalive pings every connection: free it between pings
         elif msg_type is _PING:
             if self._closing or transport.is_close_frame_sent:
                 return
-            if self._writing_paused:
-                self._pending_pong = frame.get_payload_as_bytes()  # only the latest is answered
-            else:
-                transport.send_pong(frame.get_payload_as_bytes())
+            # Only the latest ping of a read is answered, once the read is
+            # parsed, and not while the write buffer is over its mark (RFC
+            # 6455 5.5.3): a read full of pings costs one pong.
+            self._pending_pong = frame.get_payload_as_bytes()
+            if not self._pong_scheduled:
+                self._pong_scheduled = True
+                self._loop.call_soon(self._flush_pong)
         elif not (self._closing or transport.is_close_frame_sent):
             self._data_frame(frame, msg_type)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
-        self._fragments = None
+        self._assembler.reset()
         self._writing_paused = False
         self._pending_pong = None
         _wake(self._drain_waiters)
@@ -279,7 +290,7 @@ class PicowsChannel(Channel, WSListener):
         pings, self._pings = self._pings, None
         if pings:
             error = self._closed_error()
-            for waiter in pings:
+            for _, waiter in pings:
                 if not waiter.done():
                     waiter.set_exception(error)
                     # Mark it retrieved: a ping whose caller moved on must not
@@ -299,14 +310,24 @@ class PicowsChannel(Channel, WSListener):
         if self._stall_timeout is not None and self._stall_timer is None and not self._gone:
             self._stall_timer = self._loop.call_later(self._stall_timeout, self._stalled)
 
+    def _flush_pong(self) -> None:
+        """Send the held pong, if the write buffer has room and the socket is there."""
+        self._pong_scheduled = False
+        pong = self._pending_pong
+        if pong is None or self._writing_paused:
+            return
+        self._pending_pong = None
+        transport = self._transport
+        if not (self._gone or self._closing or transport.is_close_frame_sent):
+            if not transport.underlying_transport.is_closing():
+                transport.send_pong(pong)
+
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        pong, self._pending_pong = self._pending_pong, None
-        if pong is not None and not (self._closing or self._transport.is_close_frame_sent):
-            self._transport.send_pong(pong)
+        self._flush_pong()
         _wake(self._drain_waiters)
         self._drain_waiters = None
 
@@ -326,51 +347,20 @@ class PicowsChannel(Channel, WSListener):
     # -- receiving --------------------------------------------------------------
 
     def _data_frame(self, frame: WSFrame, msg_type: WSMsgType) -> None:
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self._fail(CloseCode.PROTOCOL_ERROR, "reserved bit set, no extension negotiated")
+        try:
+            # picows checks neither the fragment sequence nor the reserved
+            # bits, and bounds frames, not messages: the assembler does it all.
+            message = self._assembler.frame(
+                cast(int, msg_type),  # an IntEnum: compares as the int opcode as it is
+                frame.fin,
+                frame.get_payload_as_bytes(),
+                reserved=bool(frame.rsv1 or frame.rsv2 or frame.rsv3),
+            )
+        except AssemblyError as exc:
+            self._fail(exc.code, exc.reason)
             return
-        message: bytes | str
-        if msg_type is _CONT:
-            fragments = self._fragments
-            if fragments is None:
-                self._fail(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message")
-                return
-            self._fragments_size += frame.payload_size
-            if self._fragments_size > self._max_size:
-                self._fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self._max_size} bytes")
-                return
-            fragments.append(frame.get_payload_as_bytes())
-            if not frame.fin:
-                if len(fragments) > MAX_FRAGMENTS:
-                    self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                return
-            self._fragments = None
-            data = b"".join(fragments)
-            if self._fragments_text:
-                try:
-                    message = data.decode()
-                except UnicodeDecodeError:
-                    self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                    return
-            else:
-                message = data
-        elif self._fragments is not None:
-            self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
-            return
-        elif not frame.fin:
-            # picows' max_frame_size already bounds this first fragment.
-            self._fragments = [frame.get_payload_as_bytes()]
-            self._fragments_size = frame.payload_size
-            self._fragments_text = msg_type is _TEXT
-            return
-        elif msg_type is _TEXT:
-            try:
-                message = frame.get_payload_as_utf8_text()
-            except UnicodeDecodeError:
-                self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return
-        else:
-            message = frame.get_payload_as_bytes()
+        if message is None:
+            return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
@@ -499,8 +489,9 @@ class PicowsChannel(Channel, WSListener):
         waiter = self._loop.create_future()
         if self._pings is None:
             self._pings = deque()
-        self._pings.append(waiter)
-        self._transport.send_ping()
+        self._ping_id += 1
+        self._pings.append((self._ping_id, waiter))
+        self._transport.send_ping(self._ping_id.to_bytes(_PING_ID_SIZE, "big"))
         return waiter
 
     # -- closing ----------------------------------------------------------------
@@ -554,7 +545,7 @@ class PicowsChannel(Channel, WSListener):
 
     def _fail(self, code: int, reason: str) -> None:
         """Start the closing handshake because of what the peer sent."""
-        self._fragments = None
+        self._assembler.reset()
         self._send_close(code, reason)
 
     def _send_close(self, code: int, reason: str) -> None:
@@ -685,6 +676,8 @@ async def listen(
     *,
     options: Options,
     origins: Sequence[str | None] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
     """
     Serve WebSocket on ``host``:``port`` (0: a free port, see ``Listener.port``).
@@ -722,6 +715,8 @@ async def listen(
         enable_auto_pong=False,  # see on_ws_frame
         max_frame_size=max_message_size,
         read_buffer_init_size=_READ_BUFFER_SIZE,
+        ssl=ssl,
+        reuse_port=reuse_port or None,
     )
     listener._server = server
     listener._port = int(server.sockets[0].getsockname()[1])
@@ -764,6 +759,7 @@ async def connect(
     *,
     additional_headers: Sequence[tuple[str, str]] = (),
     options: Options,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel (not started) and the
@@ -771,7 +767,8 @@ async def connect(
 
     If cancelled during the upgrade, the socket is shut down under picows,
     which then closes its transport; the cancellation waits for that, at most
-    ``close_timeout``.
+    ``close_timeout``. ``ssl`` is the TLS context of a ``wss://`` URL: TLS
+    runs over the socket :func:`_open_socket` connected.
 
     Raises:
         OSError: the TCP (or TLS) connection failed, or closed during the upgrade.
@@ -808,6 +805,7 @@ async def connect(
             read_buffer_init_size=_READ_BUFFER_SIZE,
             extra_headers=list(additional_headers),
             socket_factory=open_socket,
+            ssl_context=ssl,
         )
     )
     try:
@@ -846,6 +844,10 @@ async def connect(
         # take it for its own timeout expiring.
         raise ConnectionError(f"{url}: no upgrade response within {HANDSHAKE_TIMEOUT} s") from None
     if not made:  # picows returns no listener when the socket closed first
+        if ssl is not None:
+            # With TLS 1.3, how a server refuses a client's certificate (its
+            # alert comes after the handshake; picows drops it).
+            raise ConnectionError(TLS_CLOSED)
         raise ConnectionError(f"{url}: the connection closed during the upgrade")
     channel = made[0]
     # picows keeps the cause of a disconnect it starts on the client side (a

@@ -36,6 +36,7 @@ import asyncio
 import http
 import inspect
 import logging
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -51,16 +52,16 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event, Protocol, State
 from websockets.server import ServerProtocol
-from websockets.typing import BytesLike, Origin
+from websockets.typing import Origin
 
 from .._options import Options
 from ..http import HeadersView, HttpHandler, HttpRequest, HttpResponse, Upgrade
-from ..messages import CloseCode
+from .assembly import Assembler, AssemblyError
 from .base import (
     LOSS_POLL_INTERVAL,
-    MAX_FRAGMENTS,
     STALL_CODE,
     STALL_REASON,
+    TLS_CLOSED,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -98,10 +99,10 @@ class WebsocketsChannel(Channel):
 
     __slots__ = (
         "_abort_timer",
+        "_assembler",
         "_closing_soon",
         "_closing_task",
-        "_fragments",
-        "_fragments_text",
+        "_flushing_pong",
         "_gone",
         "_held",
         "_held_size",
@@ -118,13 +119,16 @@ class WebsocketsChannel(Channel):
         "ws",
     )
 
-    def __init__(self, ws: Connection, stall_timeout: float | None = None) -> None:
+    def __init__(
+        self, ws: Connection, max_message_size: int, stall_timeout: float | None = None
+    ) -> None:
         self.ws = ws
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._loss_timer: asyncio.TimerHandle | None = None
-        self._pending_pong: bytes | None = None  # the latest ping's, held while writing is paused
+        self._pending_pong: bytes | None = None  # the latest ping's, until flushed
+        self._flushing_pong = False
         self._transport_paused = False  # the owner's pause, as applied to the transport
         self._on_message: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
@@ -133,8 +137,7 @@ class WebsocketsChannel(Channel):
         # those read while reading is paused (see pause_reading()).
         self._held: deque[bytes | str] | None = None
         self._held_size = 0
-        self._fragments: list[BytesLike] | None = None
-        self._fragments_text = False
+        self._assembler = Assembler(max_message_size, check_sequence=False, check_reserved=False)
         self._gone = False
         self._reading_paused = False
         self._ping_task: asyncio.Task[None] | None = None
@@ -181,37 +184,14 @@ class WebsocketsChannel(Channel):
         """A data frame arrived (from the connection's protocol callback)."""
         if self.ws.protocol.state is not _OPEN or self._closing_soon:
             return  # closing: nobody can answer it any more
-        opcode = frame.opcode
-        data: BytesLike = frame.data
-        if opcode is _CONT:
-            # websockets checked the sequence: fragments are underway.
-            assert self._fragments is not None
-            self._fragments.append(data)
-            if not frame.fin:
-                if len(self._fragments) > MAX_FRAGMENTS:
-                    # Each costs a frame header and a Python object for a
-                    # few bytes of payload: websockets' own cap, and code.
-                    self._fragments = None
-                    self._close_soon(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                return
-            data = b"".join(self._fragments)
-            self._fragments = None
-            text = self._fragments_text
-        elif not frame.fin:
-            self._fragments = [data]
-            self._fragments_text = opcode is _TEXT
+        try:
+            # websockets checked the sequence, the reserved bits and the size.
+            message = self._assembler.frame(frame.opcode, frame.fin, bytes(frame.data))
+        except AssemblyError as exc:
+            self._close_soon(exc.code, exc.reason)
             return
-        else:
-            text = opcode is _TEXT
-        message: bytes | str
-        if text:
-            try:
-                message = str(data, "utf-8")
-            except UnicodeDecodeError:
-                self._close_soon(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return
-        else:
-            message = bytes(data)  # no copy when it is bytes already
+        if message is None:
+            return  # a fragment of a message under way
         on_message = self._on_message
         if on_message is not None and not self._reading_paused and self._held is None:
             on_message(message)
@@ -294,11 +274,40 @@ class WebsocketsChannel(Channel):
     # -- the write bound -----------------------------------------------------------
 
     def _pong_held(self, frame: Frame) -> bool:
-        """Whether to hold ``frame``, a pong websockets is about to write."""
-        if not self.ws.paused:
-            return False
-        self._pending_pong = bytes(frame.data)  # only the latest one is answered
+        """
+        Whether to hold ``frame``, a pong websockets is about to queue.
+
+        Every pong is held: only the latest ping of a read is answered, once
+        the read is parsed (:meth:`_flush_pong`), and not while the write
+        buffer is over its mark (RFC 6455 5.5.3 lets an endpoint answer only
+        the most recent ping). So a read full of pings costs one pong, and a
+        peer that does not read costs none.
+        """
+        if self._flushing_pong:
+            return False  # the one we send
+        if not self.ws.transport.is_closing():
+            self._pending_pong = bytes(frame.data)
         return True
+
+    def _flush_pong(self) -> None:
+        """Send the held pong, if the write buffer has room and the socket is there."""
+        pong = self._pending_pong
+        ws = self.ws
+        if pong is None or ws.paused or ws.transport.is_closing():
+            return
+        self._pending_pong = None
+        protocol = ws.protocol
+        if protocol.state is not _OPEN and protocol.state is not _CLOSING:
+            return
+        self._flushing_pong = True
+        try:
+            protocol.send_pong(pong)
+        finally:
+            self._flushing_pong = False
+        try:
+            ws.send_data()
+        except Exception:  # pragma: no cover - the transport reports it
+            ws.transport.abort()
 
     def _writing_paused(self) -> None:
         # The write buffer went over its high-water mark.
@@ -309,14 +318,7 @@ class WebsocketsChannel(Channel):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        pong, self._pending_pong = self._pending_pong, None
-        protocol = self.ws.protocol
-        if pong is not None and (protocol.state is _OPEN or protocol.state is _CLOSING):
-            protocol.send_pong(pong)
-            try:
-                self.ws.send_data()
-            except Exception:  # pragma: no cover - the transport reports it
-                self.ws.transport.abort()
+        self._flush_pong()
 
     def _stalled(self) -> None:
         """The peer kept the write buffer over its mark for ``stall_timeout``."""
@@ -467,10 +469,12 @@ class _Hooked(Connection):
     channel: WebsocketsChannel
     stall_timeout: float | None = None
     """Set on a subclass per server or client (see :func:`_connection_class`)."""
+    max_message_size: int = 2**20
+    """Likewise."""
 
     def __init__(self, protocol: Protocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
-        self.channel = WebsocketsChannel(self, self.stall_timeout)
+        self.channel = WebsocketsChannel(self, self.max_message_size, self.stall_timeout)
         # websockets makes the protocol; make it hold pongs. Same layout, so
         # changing its class costs nothing per connection.
         if isinstance(protocol, ServerProtocol):
@@ -485,6 +489,7 @@ class _Hooked(Connection):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self.channel._flush_pong()  # one pong for the pings of this read
         state = self.protocol.state
         if state is _CLOSING or state is _CLOSED:  # a close frame, an error, an EOF
             self.channel._closing_started()
@@ -529,10 +534,14 @@ class _ClientConnection(_Hooked, ClientConnection):
 
 
 def _connection_class(
-    base: type[_ServerConnection] | type[_ClientConnection], stall_timeout: float | None
+    base: type[_ServerConnection] | type[_ClientConnection], options: Options
 ) -> Any:
-    """``base`` with its channels' ``stall_timeout``."""
-    return type(base.__name__, (base,), {"stall_timeout": stall_timeout})
+    """``base`` with its channels' settings (one class per server or client)."""
+    settings = {
+        "stall_timeout": options.stall_timeout,
+        "max_message_size": options.max_message_size,
+    }
+    return type(base.__name__, (base,), settings)
 
 
 # -- the server ------------------------------------------------------------------
@@ -549,6 +558,9 @@ class WebsocketsListener(Listener):
         return int(self._server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:
+        # websockets closes the listening sockets in a task of its own:
+        # close them now, so that no connection is accepted after this.
+        self._server.server.close()
         self._server.close(close_connections=False)
 
     async def wait_closed(self) -> None:
@@ -563,8 +575,14 @@ async def listen(
     options: Options,
     origins: Sequence[str | None] | None,
     http_handler: HttpHandler | None,
+    ssl: _ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
-    """Serve WebSocket on ``host``:``port``; ``on_channel`` runs once per connection."""
+    """
+    Serve WebSocket on ``host``:``port``; ``on_channel`` runs once per connection.
+
+    ``ssl`` and ``reuse_port`` go to ``loop.create_server()`` as they are.
+    """
 
     async def handle(ws: ServerConnection) -> None:
         await on_channel(cast(_ServerConnection, ws).channel)
@@ -590,9 +608,11 @@ async def listen(
         host,
         port,
         origins=None if origins is None else [cast(Origin | None, o) for o in origins],
-        create_connection=_connection_class(_ServerConnection, options.stall_timeout),
+        create_connection=_connection_class(_ServerConnection, options),
         process_request=process_request if http_handler is not None else None,
         process_response=process_response if http_handler is not None else None,
+        ssl=ssl,
+        reuse_port=reuse_port or None,
         **_settings(options),
     )
     return WebsocketsListener(server)
@@ -632,9 +652,12 @@ async def connect(
     *,
     additional_headers: Sequence[tuple[str, str]],
     options: Options,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[Channel, list[tuple[str, str]]]:
     """
     Open a WebSocket to ``url``; return its channel and the response headers.
+
+    ``ssl``: the TLS context of a ``wss://`` URL (None for ``ws://``).
 
     Raises:
         OSError: the TCP (or TLS) connection failed.
@@ -645,10 +668,16 @@ async def connect(
             url,
             open_timeout=None,
             additional_headers=list(additional_headers),
-            create_connection=_connection_class(_ClientConnection, options.stall_timeout),
+            create_connection=_connection_class(_ClientConnection, options),
+            ssl=ssl,
             **_settings(options),
         )
     except WebSocketException as exc:
+        if ssl is not None and isinstance(exc.__cause__, EOFError):
+            # Closed before any HTTP response, the TLS handshake done: with
+            # TLS 1.3, how a server refuses a client's certificate (asyncio
+            # hands the client no alert, only the end of the stream).
+            raise ConnectionError(TLS_CLOSED) from exc
         raise ValueError(str(exc)) from exc
     response = ws.response
     headers = list(response.headers.raw_items()) if response is not None else []

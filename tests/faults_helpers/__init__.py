@@ -1,1 +1,0 @@
-"""Programs that tests/test_faults.py runs in separate processes."""

@@ -1,0 +1,1 @@
+"""Programs that tests/io/test_faults.py runs in separate processes."""

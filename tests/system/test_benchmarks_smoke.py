@@ -1,0 +1,115 @@
+"""
+The benchmark harness does not rot: ``benchmarks/run.py --smoke`` runs.
+
+The smoke run measures wsrpc and the hand-written ceiling (msgpack over
+websockets) in every scenario with tiny counts, in this interpreter and with
+no installs. Nothing here looks at the figures themselves: only that each
+run produced them, in the JSON and in the printed table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import UNIT
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+RUN = ROOT / "benchmarks" / "run.py"
+
+SYSTEMS = ("wsrpc", "ws-msgpack")
+SCENARIOS = ["sequential", "pipelined", "many_clients", "payload", "callbacks"]
+if sys.platform == "linux" and shutil.which("taskset"):
+    SCENARIOS.append("pinned")
+
+# The figures each scenario must report (the main one first).
+METRICS = {
+    "sequential": ("calls_per_s", "p50_us", "p99_us"),
+    "pinned": ("calls_per_s", "p50_us", "p99_us"),
+    "pipelined": ("calls_per_s",),
+    "many_clients": ("calls_per_s", "rss_per_conn_kib"),
+    "payload": ("mib_per_s",),
+    "callbacks": ("calls_per_s", "p50_us", "p99_us"),
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """Run the smoke benchmark once; its JSON results and its stdout."""
+    out = tmp_path_factory.mktemp("bench") / "r.json"
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)  # the figures are the subject here, not warnings
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results: dict[str, Any] = json.loads(out.read_text())
+    return results, completed.stdout
+
+
+@pytest.mark.timeout(150 * UNIT)
+def test_smoke_run_measures_every_scenario(smoke_run: tuple[dict[str, Any], str]) -> None:
+    results, _ = smoke_run
+    assert results["meta"]["smoke"] is True
+    assert set(SCENARIOS) <= set(results["scenarios"])
+    for system in SYSTEMS:
+        for scenario in SCENARIOS:
+            cell = results["results"][system][scenario]
+            assert cell["status"] == "ok", (system, scenario, cell["errors"])
+            assert cell["errors"] == []
+            assert len(cell["reps"]) == 1
+            for metric in METRICS[scenario]:
+                assert cell["median"][metric] > 0, (system, scenario, metric)
+            # Every figure is also given relative to the ceiling.
+            assert METRICS[scenario][0] in cell["ratio"], (system, scenario)
+
+
+@pytest.mark.timeout(150 * UNIT)
+def test_smoke_run_prints_the_table(smoke_run: tuple[dict[str, Any], str]) -> None:
+    _, stdout = smoke_run
+    for name in (*SYSTEMS, *SCENARIOS):
+        assert name in stdout, name
+    assert "1.00x" in stdout  # the ceiling, relative to itself
+
+
+def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
+    # benchmarks/cluster.py: a private redis-server and three node processes.
+    out = tmp_path / "cluster.json"
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results: dict[str, Any] = json.loads(out.read_text())["results"]
+    assert set(results) == {
+        "latency cross-node",
+        "latency local",
+        "throughput cross-node",
+        "throughput local",
+        "broadcast 30 over 3 nodes",
+        "broadcast 90 over 3 nodes",
+        "broadcast 30 in one process",
+        "broadcast 90 in one process",
+    }
+    assert all(value > 0 for figures in results.values() for value in figures.values())
+    assert "| latency cross-node |" in completed.stdout
