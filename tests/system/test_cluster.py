@@ -563,3 +563,13 @@ async def test_a_malformed_message_is_logged_at_info_and_dropped(
         assert cluster.backplane.is_up and server.state is wsrpc.ServerState.OPEN
     finally:
         await server.close()
+
+
+def test_asgi_refuses_a_backplane() -> None:
+    # Joining the application needs an await: open() does it, asgi() cannot.
+    server: wsrpc.WebSocketServer[Any, Any, ClientRemote] = wsrpc.WebSocketServer(
+        backplane=wsrpc.RedisBackplane("redis://127.0.0.1:1/0")
+    )
+    with pytest.raises(ValueError, match="open"):
+        server.asgi(lambda acceptor: acceptor.accept(object()))
+    assert server.state is wsrpc.ServerState.NONE
