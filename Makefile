@@ -23,7 +23,7 @@ BROWSER_BUNDLE := $(BROWSER_EXAMPLE)/dist/main.js
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		--config-settings editable_mode=compat -e '.[dev,fast]'
+		--config-settings editable_mode=compat -e '.[dev,fast,redis]'
 	touch $(STAMP)
 
 # The TGrid interop tests run against the real tgrid package, pinned by the
@@ -37,6 +37,13 @@ $(NODE_DEPS): tests/interop/package-lock.json
 $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+# Debian's redis-server, installed only when missing: tests/system/test_cluster.py
+# starts its own (127.0.0.1, a free port, no persistence), never the service.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 
 $(BROWSER_DEPS): $(BROWSER_EXAMPLE)/package-lock.json
 	npm ci --prefix $(BROWSER_EXAMPLE) --no-audit --no-fund --loglevel=error
@@ -61,7 +68,7 @@ IO_TESTS := tests/io
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE)
+test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
 	$(BIN)/python -X dev -m pytest

@@ -19,9 +19,11 @@ from . import sync as sync
 from ._transports import TransportName
 from .acceptor import WebSocketAcceptor
 from .blocking import blocking
+from .cluster import RedisBackplane
 from .codecs import MsgpackCodec
 from .connector import WebSocketConnector
 from .exceptions import (
+    BackplaneError,
     ConnectError,
     ConnectionClosedError,
     EncodeError,
@@ -45,6 +47,8 @@ __all__ = [
     # server.py
     "Handler",
     "WebSocketServer",
+    # cluster.py
+    "RedisBackplane",
     # acceptor.py
     "WebSocketAcceptor",
     # blocking.py
@@ -71,6 +75,7 @@ __all__ = [
     # codecs.py
     "MsgpackCodec",
     # exceptions.py
+    "BackplaneError",
     "ConnectError",
     "ConnectionClosedError",
     "EncodeError",

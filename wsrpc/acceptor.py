@@ -373,6 +373,12 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         """
         return cast(RemoteT, self._drivers.get(timeout))
 
+    def _call_path(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Awaitable[Any]:
+        """Call the client's ``path`` as the driver would (for calls from other nodes)."""
+        return self._drivers.call(path, args, kwargs, timeout)
+
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """
         Close the connection; every pending call on both sides fails at once.

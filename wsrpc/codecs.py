@@ -25,7 +25,15 @@ from .exceptions import EncodeError, ProtocolError
 from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
 from .tgrid import TgridCodec
 
-__all__ = ["PROTOCOL_VERSION", "Codec", "CodecName", "MsgpackCodec", "make_codec"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Codec",
+    "CodecName",
+    "MsgpackCodec",
+    "check_packed",
+    "make_codec",
+    "unpack",
+]
 
 PROTOCOL_VERSION = 1
 """Version of wsrpc's msgpack protocol, sent in the header message."""
@@ -180,73 +188,13 @@ class MsgpackCodec:
         # close the connection, so catch it here by decoding the frame back.
         # The byte scans keep that off frames that cannot hold a map or an
         # ext and cannot be that deep (most RPC messages).
-        if _MAP_OR_EXT.search(frame) is not None or (
-            len(frame) >= _DECODER_DEPTH and _containers(frame) >= _DECODER_DEPTH
-        ):
-            try:
-                self.decode(frame)
-            except ProtocolError as exc:
-                raise EncodeError(
-                    "cannot encode: map keys must be str or bytes, ext types are not"
-                    f" allowed, and values nest at most {_DECODER_DEPTH} deep"
-                ) from exc
+        check_packed(frame)
         return frame
 
     def decode(self, frame: bytes | str) -> Message:
         if isinstance(frame, str):
             raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
-        if _WIDE_CONTAINER.search(frame) is not None:
-            # Frames that can hold many elements are walked before any
-            # object is built (see _msgpack_scan): declared lengths, depth
-            # and the whole structure. A frame broken at its very end would
-            # otherwise first cost its full decoded size (up to ~70 bytes
-            # per byte, for empty arrays) and the time to build it.
-            try:
-                check_declared(frame)
-            except Refused as exc:
-                raise ProtocolError(CloseCode.INVALID_PAYLOAD, str(exc)) from None
-        limit = self._max_container_len
-        most = self._max_containers
-        # msgpack builds no reference cycles, but every 700 containers it
-        # builds set off a garbage collection that walks them all again: a
-        # frame of 800,000 small arrays took 385 ms to decode with the
-        # collector on, 68 ms with it off. Large frames decode with it off.
-        collecting = len(frame) > _NO_GC_ABOVE and gc.isenabled()
-        if collecting:
-            gc.disable()
-        try:
-            if most is not None and len(frame) > most:
-                # A frame long enough to hold more containers than the
-                # budget: count them as msgpack builds them, and stop at the
-                # first one over it. The hook runs once per array or map, so
-                # a frame of a few large values (a 1 MiB blob) costs what
-                # plain decoding costs; scanning the bytes for what could
-                # start a container cost 5 ms per MiB (and blobs look full
-                # of them).
-                obj = _unpack_counted(frame, limit, most)
-            elif limit is None:
-                obj = msgpack.unpackb(
-                    frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1
-                )
-            else:
-                obj = msgpack.unpackb(
-                    frame,
-                    raw=False,
-                    strict_map_key=True,
-                    ext_hook=_refuse_ext,
-                    timestamp=1,
-                    max_array_len=limit,
-                    max_map_len=limit,
-                )
-        except ProtocolError:
-            raise
-        except Exception as exc:  # msgpack raises ValueError subclasses and others
-            raise ProtocolError(
-                CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})"
-            ) from exc
-        finally:
-            if collecting:
-                gc.enable()
+        obj = unpack(frame, self._max_container_len, self._max_containers)
         if type(obj) is not list or not obj:
             raise _bad("a message must be a non-empty msgpack array")
         kind = obj[0]
@@ -282,6 +230,87 @@ class MsgpackCodec:
         if kind == _ACCEPT and size == 2 and type(kind) is int:
             return Accept(*_read_limits(obj[1]))
         raise _bad("unknown message kind or wrong number of fields")
+
+
+def check_packed(frame: bytes) -> None:
+    """
+    Raise :exc:`EncodeError` if ``frame``, as msgpack packed it, would be
+    refused by :func:`unpack`: a map key other than str or bytes, an ext
+    type, nesting deeper than the decoder's stack. Cheap byte scans keep the
+    check off frames that cannot hold any of those (most RPC messages).
+    """
+    if _MAP_OR_EXT.search(frame) is not None or (
+        len(frame) >= _DECODER_DEPTH and _containers(frame) >= _DECODER_DEPTH
+    ):
+        try:
+            unpack(frame, None, None)
+        except ProtocolError as exc:
+            raise EncodeError(
+                "cannot encode: map keys must be str or bytes, ext types are not"
+                f" allowed, and values nest at most {_DECODER_DEPTH} deep"
+            ) from exc
+
+
+def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAINERS) -> Any:
+    """
+    Decode one msgpack value from untrusted ``frame``, strictly.
+
+    The checks of :meth:`MsgpackCodec.decode` before the message's shape:
+    the structural walk of :mod:`~wsrpc._msgpack_scan`, at most ``limit``
+    elements per container and ``most`` containers in all, str or bytes map
+    keys, no ext type but the timestamp. Raises :exc:`ProtocolError`.
+    """
+    if _WIDE_CONTAINER.search(frame) is not None:
+        # Frames that can hold many elements are walked before any
+        # object is built (see _msgpack_scan): declared lengths, depth
+        # and the whole structure. A frame broken at its very end would
+        # otherwise first cost its full decoded size (up to ~70 bytes
+        # per byte, for empty arrays) and the time to build it.
+        try:
+            check_declared(frame)
+        except Refused as exc:
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, str(exc)) from None
+    # msgpack builds no reference cycles, but every 700 containers it
+    # builds set off a garbage collection that walks them all again: a
+    # frame of 800,000 small arrays took 385 ms to decode with the
+    # collector on, 68 ms with it off. Large frames decode with it off.
+    collecting = len(frame) > _NO_GC_ABOVE and gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        if most is not None and len(frame) > most:
+            # A frame long enough to hold more containers than the
+            # budget: count them as msgpack builds them, and stop at the
+            # first one over it. The hook runs once per array or map, so
+            # a frame of a few large values (a 1 MiB blob) costs what
+            # plain decoding costs; scanning the bytes for what could
+            # start a container cost 5 ms per MiB (and blobs look full
+            # of them).
+            obj = _unpack_counted(frame, limit, most)
+        elif limit is None:
+            obj = msgpack.unpackb(
+                frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1
+            )
+        else:
+            obj = msgpack.unpackb(
+                frame,
+                raw=False,
+                strict_map_key=True,
+                ext_hook=_refuse_ext,
+                timestamp=1,
+                max_array_len=limit,
+                max_map_len=limit,
+            )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError subclasses and others
+        raise ProtocolError(
+            CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})"
+        ) from exc
+    finally:
+        if collecting:
+            gc.enable()
+    return obj
 
 
 def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:

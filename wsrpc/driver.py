@@ -151,6 +151,20 @@ class Drivers:
         """The connection is open: calls go through ``call``."""
         self._link.open(call)
 
+    def call(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Coroutine[Any, Any, Any]:
+        """
+        Call ``path`` as a driver would, with a path from elsewhere (another
+        node): each of its names is checked as driver attributes are.
+
+        Raises:
+            AttributeError: a name starts or ends with ``_``, or is empty.
+        """
+        if not all(is_remote_name(name) for name in path.split(".")):
+            raise AttributeError(f"{path!r} is not a remote path")
+        return self._link.call(path, args, kwargs, timeout)
+
     def close(self, code: int, reason: str) -> None:
         """The connection is gone: calls fail with ``ConnectionClosedError(code, reason)``."""
         self._link.close(code, reason)

@@ -14,6 +14,8 @@ The tree::
     ├── RemoteError           the remote method raised, or was refused
     ├── RpcTimeoutError       a connect or a call ran out of time
     │                         (also the built-in TimeoutError)
+    ├── BackplaneError        the backplane (Redis) cannot be reached: an
+    │                         operation that needs another node failed
     └── ProtocolError         the peer broke the wire protocol; surfaces to
                               users only through the close code it causes
 
@@ -28,6 +30,7 @@ no asyncio, no socket, no WebSocket library.
 from __future__ import annotations
 
 __all__ = [
+    "BackplaneError",
     "ConnectError",
     "ConnectionClosedError",
     "EncodeError",
@@ -142,6 +145,20 @@ class RpcTimeoutError(WsrpcError, TimeoutError):
 
     A timed-out call is cancelled on the remote side too, when the peer is
     wsrpc (TGrid has no cancellation message).
+    """
+
+
+class BackplaneError(WsrpcError):
+    """
+    The backplane joining a server to its application's other nodes (Redis)
+    cannot be reached, or refused an operation.
+
+    Raised promptly by what needs another node (a call through
+    ``server.get_driver(id)`` to a connection held elsewhere, a cluster-wide
+    broadcast, ``server.disconnect(id)`` of a remote connection) while the
+    backplane is down, and by ``server.open()`` when it cannot join the
+    application. Local connections, local calls and local groups keep
+    working; the backplane reconnects by itself.
     """
 
 

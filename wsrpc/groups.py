@@ -30,6 +30,7 @@ from .exceptions import StateError
 from .states import AcceptorState
 
 if TYPE_CHECKING:
+    from ._cluster.registry import ClusterRegistry
     from ._registry import Registry
     from .acceptor import WebSocketAcceptor
 
@@ -121,6 +122,13 @@ async def _quietly(member_id: int, awaitable: Awaitable[Any]) -> None:
         logger.debug("notification to connection %d failed: %r", member_id, exc)
 
 
+def cluster_of(registry: Registry[Any]) -> ClusterRegistry | None:
+    """``registry`` when it spans processes (a server with a backplane), else None."""
+    from ._cluster.registry import ClusterRegistry  # here: it imports this module
+
+    return registry if isinstance(registry, ClusterRegistry) else None
+
+
 class Group(Generic[HeaderT, ProviderT, RemoteT]):
     """
     A named set of a server's connections; get one with :meth:`WebSocketServer.group`.
@@ -188,10 +196,23 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         Members that close meanwhile get a :exc:`ConnectionClosedError`
         outcome; none of them fails or holds up the others.
 
+        With a backplane, members on every node of the application are
+        called: ``call`` is run once here with a recording driver, and the
+        one call it makes (path and arguments) is sent to the other nodes as
+        data, so it must be just that call, like the example above (else
+        :exc:`TypeError`). Members on a node that dies or does not answer in
+        time get a :exc:`ConnectionClosedError` or :exc:`RpcTimeoutError`
+        outcome; while the backplane is down, :exc:`BackplaneError` is
+        raised before anyone is called (see ``docs/scaling.md``).
+
         Args:
             timeout: Seconds each member has to answer; a slow one gets an
                 :exc:`RpcTimeoutError` outcome (and its call is cancelled).
+                None: no limit here, 10 s for members on other nodes.
         """
+        cluster = cluster_of(self._registry)
+        if cluster is not None:
+            return await cluster.broadcast(self._name, self, call, timeout)
         return await broadcast(self, call, timeout)
 
     def notify(
@@ -201,8 +222,12 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         Fire and forget: start ``call(driver)`` for every open member and
         return at once, with the number of members called. Failures are
         logged at DEBUG level and otherwise ignored; ``server.close()`` waits
-        for calls still running.
+        for calls still running. With a backplane, the members on the other
+        nodes are called too (not counted in the number returned).
         """
+        cluster = cluster_of(self._registry)
+        if cluster is not None:
+            return cluster.notify(self._name, self, call, timeout)
         return notify(self._registry, self, call, timeout)
 
     def __repr__(self) -> str:

@@ -13,9 +13,11 @@ import logging
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 from . import _transports
+from ._cluster.backplane import Backplane
+from ._cluster.registry import ClusterRegistry
 from ._hooks import run_hook
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
@@ -31,9 +33,11 @@ from ._options import (
 from ._registry import LocalRegistry, Registry
 from ._transports import Channel, Listener, TransportName
 from ._transports.asgi import AsgiApp, make_app
+from ._util import check_close
 from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
-from .exceptions import StateError
+from .driver import Driver, Link
+from .exceptions import ConnectionClosedError, StateError
 from .groups import Group, Outcome, broadcast, notify
 from .http import HttpHandler
 from .messages import CloseCode
@@ -123,6 +127,12 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         transport: The WebSocket library underneath: ``"websockets"`` (the
             default) or ``"picows"`` (``pip install wsrpc[fast]``; no
             compression, no ``http_handler``). Clients may use either.
+        backplane: Joins this server to the other servers of its
+            application, in other processes or on other machines, such as
+            :class:`RedisBackplane` (``pip install wsrpc[redis]``): ids are
+            unique across them, :meth:`get_driver` and :meth:`disconnect`
+            reach connections on any of them, groups and broadcasts span
+            them (see ``docs/scaling.md``). One backplane per server.
     """
 
     def __init__(
@@ -144,6 +154,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
         transport: TransportName = "websockets",
+        backplane: Backplane | None = None,
     ) -> None:
         check_timeout(header_timeout, "header_timeout")
         if max_connections < 1 or max_pending_headers < 1:
@@ -172,7 +183,17 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._server: Listener | None = None
         self._handler: Handler[HeaderT, ProviderT, RemoteT] | None = None
         self._entry = _Entry(self._handle)
-        self._registry: Registry[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]] = LocalRegistry()
+        self._cluster: ClusterRegistry | None = None
+        self._registry: Registry[WebSocketAcceptor[HeaderT, ProviderT, RemoteT]]
+        if backplane is None:
+            self._registry = LocalRegistry()
+        else:
+            if not isinstance(backplane, Backplane):
+                raise TypeError(f"backplane must be a Backplane, not {type(backplane).__name__}")
+            self._cluster = ClusterRegistry(
+                backplane, max_message_size=max_message_size, call_timeout=call_timeout
+            )
+            self._registry = self._cluster
         self._connect_hooks: list[ConnectHook[HeaderT, ProviderT, RemoteT]] = []
         self._disconnect_hooks: list[DisconnectHook[HeaderT, ProviderT, RemoteT]] = []
         # What acceptors need of the server. Partials of module functions
@@ -243,14 +264,90 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Run ``call(driver)`` for every open connection at once; return each
         outcome. See :meth:`Group.broadcast`.
         """
-        return await broadcast(list(self._registry.connections.values()), call, timeout)
+        members = list(self._registry.connections.values())
+        if self._cluster is not None:
+            return await self._cluster.broadcast(None, members, call, timeout)
+        return await broadcast(members, call, timeout)
 
     def notify(
         self, call: Callable[[RemoteT], Awaitable[Any]], *, timeout: float | None = None
     ) -> int:
         """Fire and forget ``call(driver)`` to every open connection; see :meth:`Group.notify`."""
         registry = self._registry
-        return notify(registry, list(registry.connections.values()), call, timeout)
+        members = list(registry.connections.values())
+        if self._cluster is not None:
+            return self._cluster.notify(None, members, call, timeout)
+        return notify(registry, members, call, timeout)
+
+    # -- connections by id, on any node ------------------------------------------
+
+    def get_driver(self, connection_id: int, *, timeout: float | None = None) -> RemoteT:
+        """
+        A driver for the client of connection ``connection_id``, typed as ``Remote``.
+
+        The connection may be held by this server or, with a backplane, by
+        any server of the application: calls through the driver run on that
+        connection and return its result (or raise its error) here. An id
+        that no live node holds fails each call at once with
+        :exc:`ConnectionClosedError` (code 1006), not after a timeout. A call
+        to another node while the backplane is down raises
+        :exc:`BackplaneError`; one in flight to a node that dies fails with
+        :exc:`ConnectionClosedError` within a few seconds (see
+        ``docs/scaling.md``). Cancelling a call cancels it where it runs.
+
+        The driver is looked up on every call, so it may be made before the
+        connection exists and kept after it closed.
+
+        Args:
+            timeout: Seconds after which each call fails with
+                :exc:`RpcTimeoutError`; None uses ``call_timeout``.
+
+        Raises:
+            ValueError: ``timeout`` is not positive, or the id is not in
+                ``[0, 2**63)``.
+        """
+        check_timeout(timeout)
+        if type(connection_id) is not int or not 0 <= connection_id < 2**63:
+            raise ValueError(f"connection ids are integers in [0, 2**63), not {connection_id!r}")
+        link = Link("")
+        link.open(
+            functools.partial(
+                _call_by_id,
+                self._registry,
+                self._cluster,
+                connection_id,
+                self._options.call_timeout,
+            )
+        )
+        return cast(RemoteT, Driver(link, "", timeout))
+
+    async def disconnect(
+        self, connection_id: int, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> bool:
+        """
+        Close connection ``connection_id``, held by this server or (with a
+        backplane) by any server of the application, with ``code`` and
+        ``reason``; return whether a live connection had that id.
+
+        Returns once the connection is closed (its close hooks ran).
+
+        Raises:
+            ValueError: the code may not be sent, or the reason is too long.
+            BackplaneError: the connection may be on another node and the
+                backplane is down.
+        """
+        check_close(code, reason)
+        acceptor = self._registry.connections.get(connection_id)
+        if acceptor is not None:
+            if acceptor.is_closed:
+                return False
+            await acceptor.close(code, reason)
+            return True
+        cluster = self._cluster
+        if cluster is None or cluster.holds_slot_of(connection_id):
+            return False
+        wait = self._options.close_timeout + 5.0
+        return await cluster.disconnect(connection_id, code, reason, wait)
 
     # -- lifecycle hooks -----------------------------------------------------
 
@@ -318,6 +415,12 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = ServerState.OPENING
         self._handler = handler
         self._http_handler = http_handler
+        if self._cluster is not None:
+            try:
+                await self._cluster.start()
+            except BaseException:
+                self._state = ServerState.NONE
+                raise
         try:
             self._server = await _transports.listen(
                 host,
@@ -330,6 +433,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 reuse_port=reuse_port,
             )
         except BaseException:
+            if self._cluster is not None:
+                await self._cluster.stop()
             self._state = ServerState.NONE
             raise
         self._state = ServerState.OPEN
@@ -362,12 +467,17 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         Raises:
             StateError: the server is not in the ``NONE`` state (opened
                 already, or ``asgi()`` called before).
-            ValueError: ``transport="picows"`` (the ASGI server is the transport).
+            ValueError: ``transport="picows"`` (the ASGI server is the
+                transport), or a ``backplane`` (served with :meth:`open` only).
         """
         if self._state is not ServerState.NONE:
             raise StateError(f"cannot serve through ASGI: the server is {self._state.value}")
         if self._options.transport != "websockets":
             raise ValueError("asgi() serves through the ASGI server: leave transport= alone")
+        if self._cluster is not None:
+            # Joining the application (claiming a node slot) needs Redis,
+            # and this method cannot wait: open() does it.
+            raise ValueError("a server with a backplane is served with open(), not asgi() (yet)")
         self._handler = handler
         self._asgi = True
         self._state = ServerState.OPEN
@@ -489,6 +599,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             if server is not None:
                 await server.wait_closed()
             await self._registry.wait_idle()  # notifications still running
+            if self._cluster is not None:
+                await self._cluster.stop()
         finally:
             # The transport may keep its listener, and what it calls, in
             # cycles of its own: cut the way back to this server, so that a
@@ -540,6 +652,29 @@ def _codec_for_first_frame(
     if codec is None:
         codec = codecs[name] = make_codec(name)
     return codec
+
+
+async def _call_by_id(
+    registry: Registry[WebSocketAcceptor[Any, Any, Any]],
+    cluster: ClusterRegistry | None,
+    connection_id: int,
+    call_timeout: float | None,
+    path: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    """The call function of :meth:`WebSocketServer.get_driver`'s drivers."""
+    acceptor = registry.connections.get(connection_id)
+    if acceptor is not None:
+        return await acceptor._call_path(path, args, kwargs, timeout)
+    if cluster is None or cluster.holds_slot_of(connection_id):
+        raise ConnectionClosedError(
+            CloseCode.ABNORMAL, f"connection {connection_id} is not open on any node"
+        )
+    return await cluster.call(
+        connection_id, path, args, kwargs, call_timeout if timeout is None else timeout
+    )
 
 
 async def _run_hooks(hooks: Sequence[Callable[..., Any]], *args: Any) -> None:

@@ -19,6 +19,7 @@ def _submodule_names() -> list[str]:
 SUBMODULES = _submodule_names()
 
 EXPECTED_EXCEPTIONS = {
+    "BackplaneError",
     "ConnectError",
     "ConnectionClosedError",
     "EncodeError",

@@ -29,6 +29,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent.parent / "wsrpc"
 
 CORE = {
+    "wsrpc._cluster.wire",
     "wsrpc._msgpack_scan",
     "wsrpc._options",
     "wsrpc._util",
@@ -52,7 +53,12 @@ TRANSPORTS = {
     "wsrpc._transports.websockets",
 }
 CONNECTIONS = {
+    "wsrpc._cluster",
+    "wsrpc._cluster.backplane",
+    "wsrpc._cluster.redis",
+    "wsrpc._cluster.registry",
     "wsrpc._communicator",
+    "wsrpc.cluster",
     "wsrpc._hooks",
     "wsrpc._registry",
     "wsrpc.acceptor",
@@ -76,6 +82,7 @@ LAYERS = {
     "front ends": FRONT_ENDS,
 }
 ISOLATED = {
+    "wsrpc._cluster": set(),
     "wsrpc._transports.base": set(),
     "wsrpc._transports.assembly": {"wsrpc._transports.base"},
     "wsrpc._registry": set(),

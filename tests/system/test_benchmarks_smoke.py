@@ -83,3 +83,33 @@ def test_smoke_run_prints_the_table(smoke_run: tuple[dict[str, Any], str]) -> No
     for name in (*SYSTEMS, *SCENARIOS):
         assert name in stdout, name
     assert "1.00x" in stdout  # the ceiling, relative to itself
+
+
+def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
+    # benchmarks/cluster.py: a private redis-server and three node processes.
+    out = tmp_path / "cluster.json"
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results: dict[str, Any] = json.loads(out.read_text())["results"]
+    assert set(results) == {
+        "latency cross-node",
+        "latency local",
+        "throughput cross-node",
+        "throughput local",
+        "broadcast 30 over 3 nodes",
+        "broadcast 90 over 3 nodes",
+        "broadcast 30 in one process",
+        "broadcast 90 in one process",
+    }
+    assert all(value > 0 for figures in results.values() for value in figures.values())
+    assert "| latency cross-node |" in completed.stdout

@@ -97,6 +97,30 @@ def test_fast() -> None:
     assert len(lines) == 5
 
 
+def test_cluster_chat() -> None:
+    # Three server processes and a private redis-server (make test installs it).
+    assert run_example("cluster_chat") == [
+        "alice, bob and carol on three nodes; ids unique: True",
+        "alice said 'hello everyone' to 3 members",
+        "bob whispered to carol, by her id",
+        "carol said 'hey all' to 3 members",
+        "alice disconnected bob: True; bob saw 4000 'kicked by alice'",
+        "alice said 'bye bob' to 2 members",
+        "--- what alice saw ---",
+        "<alice> hello everyone",
+        "<carol> hey all",
+        "<alice> bye bob",
+        "--- what bob saw ---",
+        "<alice> hello everyone",
+        "<carol> hey all",
+        "--- what carol saw ---",
+        "<alice> hello everyone",
+        "<bob> (whisper) psst, carol",
+        "<carol> hey all",
+        "<alice> bye bob",
+    ]
+
+
 def test_calculator() -> None:
     assert run_example("calculator") == [
         "1 + 2 = 3",
