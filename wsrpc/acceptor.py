@@ -243,7 +243,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             label=f"connection {self._id} from {self.ip or 'unknown'}",
             **self._options.communicator_kwargs(),
         )
-        self._drivers.open(communicator.call)
+        self._drivers.open(communicator.call, communicator.stream)
         try:
             channel.send(frame)
             if protocol.codec.name == "tgrid":
