@@ -989,13 +989,14 @@ class Stream:
         timeout = self._timeout
         if timeout is None:
             return await self._next()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await self._next()
         except TimeoutError:
-            if self._finished:
-                raise  # not ours: raised by something the stream awaited
-            self._stop()
+            if not deadline.expired():
+                raise  # not ours
+            self._stop()  # done already when the wait for an item was cut
             raise RpcTimeoutError(f"stream {self._path!r}: no item within {timeout} s") from None
 
     async def _next(self) -> Any:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from wsrpc.dispatch import (
+    ASYNC,
     MAX_PATH_LENGTH,
     MAX_PATH_SEGMENTS,
-    ASYNC,
     PLAIN,
     STREAM,
     AccessRefused,
