@@ -90,6 +90,7 @@ PRODUCED = 0
 
 async def raw_handler(connection: ServerConnection) -> None:
     async for request in connection:
+        assert isinstance(request, bytes)
         n = msgpack.unpackb(request)
         packer = msgpack.Packer()
         for i in range(n):
@@ -156,7 +157,7 @@ async def measure(args: argparse.Namespace, pid: int, port: int, raw_port: int) 
                 started = time.perf_counter()
                 await raw.send(msgpack.packb(n))
                 while True:
-                    message = msgpack.unpackb(await raw.recv())
+                    message = msgpack.unpackb(await raw.recv(decode=False))
                     if message[0] == 3:
                         break
                 figures["raw"].append(n / (time.perf_counter() - started))
