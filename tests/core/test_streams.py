@@ -14,6 +14,8 @@ ERROR ends it with an error after the items sent.
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 
 from wsrpc._communicator import MAX_CREDIT, STREAM_WINDOW
 from wsrpc.codecs import MsgpackCodec
+from wsrpc.driver import Drivers
 from wsrpc.exceptions import ConnectionClosedError, ProtocolError, RemoteError, StateError
 from wsrpc.messages import Accept, Call, Cancel, CloseCode, Credit, Header, Item, Return
 from wsrpc.protocol import RpcProtocol, Side
@@ -328,3 +331,51 @@ async def test_streams_take_slots_like_calls() -> None:
     assert not second.done()  # waits for the stream's slot
     await stream.aclose()
     assert await asyncio.wait_for(second, 5) == 3
+
+
+# -- the driver's call object ------------------------------------------------------
+
+
+def _driver_calling(call: Any, stream: Any = None) -> Any:
+    """A root driver whose calls go through these functions."""
+    drivers = Drivers("not open")
+    drivers.open(call, stream)
+    return drivers.get(None)
+
+
+async def _answer(path: str, args: Any, kwargs: Any, timeout: Any) -> Any:
+    return (path, list(args))
+
+
+async def test_a_call_is_awaitable_and_a_coroutine_for_tasks() -> None:
+    driver = _driver_calling(_answer)
+    assert await driver.add(1, 2) == ("add", [1, 2])
+    task = asyncio.create_task(driver.add(3))  # create_task() wants a coroutine
+    assert await task == ("add", [3])
+    assert list(await asyncio.gather(driver.a(), driver.b(1))) == [("a", []), ("b", [1])]
+
+
+async def test_iterating_a_call_streams_and_awaits_nothing() -> None:
+    opened: list[Any] = []
+
+    async def items() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    def stream(path: str, args: Any, kwargs: Any, timeout: Any) -> AsyncIterator[int]:
+        opened.append((path, args))
+        return items()
+
+    driver = _driver_calling(_answer, stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never awaited" for the unused coroutine
+        assert [item async for item in driver.ticks(3)] == [1, 2]
+        gc.collect()
+    assert opened == [("ticks", (3,))]
+
+
+def test_a_call_neither_awaited_nor_iterated_is_reported() -> None:
+    driver = _driver_calling(_answer)
+    with pytest.warns(RuntimeWarning, match="was never awaited"):
+        driver.add(1, 2)
+        gc.collect()
