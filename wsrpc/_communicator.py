@@ -34,6 +34,18 @@ the peer (a parent must be one of those). Chains of callbacks of any depth
 thus never wait for slots their own ancestors hold, and a peer faking
 parents gains at most as many extra running calls as we have calls out.
 
+Streams. A call to a provider's async generator streams its items (see
+``docs/streams.md``). The consumer (the caller) grants the producer a window
+of :data:`STREAM_WINDOW` items in its stream call and grants more as its user
+takes them, so at most that many wait on the consumer. The producer runs the
+generator in a task counted like an async call, pulls the next item only
+when it holds credit, so a consumer that stops iterating pauses the
+generator, and waits for the write buffer to drain after each item, so
+that even a consumer granting credit without bound cannot make it buffer.
+Leaving the ``async for`` (the iterator dropped), ``aclose()``, a timeout or
+a cancellation sends CANCEL; the producer's task is cancelled and the
+generator closed (its ``finally`` runs).
+
 Closing. Whoever notices first — a local :meth:`close`, the connection
 lost, a protocol violation, a keepalive timeout — calls :meth:`_finish`,
 which fails every pending call with one :exc:`ConnectionClosedError` and
@@ -52,17 +64,24 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from ._transports.base import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
-from .dispatch import AccessRefused, resolve
-from .exceptions import ConnectionClosedError, ProtocolError, RemoteError, RpcTimeoutError
-from .messages import Call, CloseCode, Error, Return
+from .dispatch import PLAIN, STREAM, AccessRefused, resolve
+from .exceptions import (
+    ConnectionClosedError,
+    EncodeError,
+    ProtocolError,
+    RemoteError,
+    RpcTimeoutError,
+    StateError,
+)
+from .messages import Call, CloseCode, Credit, Error, Item, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
 
-__all__ = ["Communicator", "close_info_of"]
+__all__ = ["MAX_CREDIT", "STREAM_WINDOW", "Communicator", "Stream", "close_info_of"]
 
 logger = logging.getLogger("wsrpc")
 
@@ -79,6 +98,16 @@ DECODE_WINDOW = 1.0
 _TIMED_ABOVE = 256
 """Messages over this many bytes have their decoding timed; smaller ones cost
 at most tens of microseconds, like the handling of any message."""
+
+STREAM_WINDOW = 16
+"""Items a consumer lets a producer send ahead: the credit a stream starts
+with, granted again, half a window at a time, as its user takes items."""
+MAX_CREDIT = 1024
+"""The most credit a producer holds, whatever its consumer grants; beyond
+it, grants are clipped (the write buffer bounds what is sent anyway)."""
+
+_DONE: Any = object()
+"""The end of a stream that ended well (a RETURN)."""
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 """Result types that are never awaitable (skips inspect.isawaitable's ABC check)."""
@@ -140,6 +169,10 @@ class Communicator:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
+        # Our streams (consumer side), and the peer's streams running or
+        # waiting here (producer side), by call id.
+        self._inboxes: dict[int, _Inbox] = {}
+        self._producers: dict[int, _Producer] = {}
         # Made on first use, as honest peers never need them: ids of running
         # nested calls (not counted against the limit), calls over the limit,
         # background sends.
@@ -207,6 +240,85 @@ class Communicator:
                 return await self._call(path, args, kwargs)
         except TimeoutError:
             raise RpcTimeoutError(f"call to {path!r} timed out after {timeout} s") from None
+
+    def stream(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Stream:
+        """
+        Stream ``path`` from the peer: the async iterator of its items.
+
+        The stream function of a :class:`~wsrpc.driver.Link`. Nothing is sent
+        before the first ``__anext__``. ``timeout`` (None: the
+        ``call_timeout``) bounds each wait for an item, the first included.
+        """
+        return Stream(self, path, args, kwargs, self._call_timeout if timeout is None else timeout)
+
+    async def _open_stream(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[int, _Inbox]:
+        """Send the stream call (holding a slot, as a call does); its id and inbox."""
+        if self.closed is not None:
+            raise self._closed_error()
+        protocol = self._protocol
+        if not protocol.peer_streams:
+            raise StateError(protocol.no_streams_reason(path))
+        serving = _serving.get()
+        parent = None
+        if serving is not None and serving[0] is self and serving[1] in self._running:
+            parent = serving[1]
+        slot = parent is None
+        if slot:
+            if self._slots > 0:
+                self._slots -= 1
+            else:
+                await self._wait_for_slot()
+        try:
+            if self.closed is not None:
+                raise self._closed_error()
+            uid, frame = protocol.send_call(path, list(args), kwargs or None, parent, STREAM_WINDOW)
+        except BaseException:
+            if slot:
+                self._release_slot()
+            raise
+        inbox = _Inbox(slot)
+        self._inboxes[uid] = inbox
+        try:
+            self._channel.send(frame)
+        except ChannelClosed as exc:
+            self._end_inbox(uid, ConnectionClosedError(exc.code, exc.reason))
+            self._finish(ConnectionClosedError(exc.code, exc.reason))
+            raise self._closed_error() from None
+        return uid, inbox
+
+    def _end_inbox(self, uid: int, end: Any) -> None:
+        """Our stream ``uid`` ended (``end``: _DONE or an exception): wake its reader."""
+        inbox = self._inboxes.pop(uid, None)
+        if inbox is None:
+            return
+        if inbox.end is None:
+            inbox.end = end
+        waiter = inbox.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if inbox.slot:
+            inbox.slot = False
+            self._release_slot()
+
+    def _abandon(self, uid: int) -> None:
+        """Our user stopped reading stream ``uid``: cancel it on the peer."""
+        if uid not in self._inboxes:
+            return  # ended already
+        self._end_inbox(uid, _DONE)
+        cancel = self._protocol.send_cancel(uid)
+        if cancel is not None and self.closed is None:
+            self._send_quietly(cancel)
+
+    def _grant(self, uid: int, inbox: _Inbox) -> None:
+        """Give the producer of stream ``uid`` back the credit its user consumed."""
+        count, inbox.consumed = inbox.consumed, 0
+        frame = self._protocol.send_credit(uid, count)
+        if frame is not None and self.closed is None:
+            self._send_quietly(frame)
 
     async def _call(self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.closed is not None:
@@ -383,16 +495,34 @@ class Communicator:
         if kind is Return:
             assert isinstance(message, Return)
             future = self._pending.pop(message.uid, None)
-            if future is not None and not future.done():
-                future.set_result(message.value)
+            if future is not None:
+                if not future.done():
+                    future.set_result(message.value)
+            elif self._inboxes:
+                self._end_inbox(message.uid, _DONE)
         elif kind is Call:
             assert isinstance(message, Call)
             self._on_call(message)
         elif kind is Error:
             assert isinstance(message, Error)
+            error = RemoteError(message.name, message.message, message.traceback)
             future = self._pending.pop(message.uid, None)
-            if future is not None and not future.done():
-                future.set_exception(RemoteError(message.name, message.message, message.traceback))
+            if future is not None:
+                if not future.done():
+                    future.set_exception(error)
+            elif self._inboxes:
+                self._end_inbox(message.uid, error)
+        elif kind is Item:
+            assert isinstance(message, Item)
+            inbox = self._inboxes.get(message.uid)
+            if inbox is not None:
+                inbox.items.append(message.value)
+                waiter = inbox.waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        elif kind is Credit:
+            assert isinstance(message, Credit)
+            self._on_credit(message.uid, message.count)
         elif message is not None:  # Cancel
             self._on_cancel(message.uid)
 
@@ -475,11 +605,37 @@ class Communicator:
         uid = call.uid
         protocol = self._protocol
         try:
-            func, is_async = resolve(self._provider, call.path)
+            func, kind = resolve(self._provider, call.path)
         except AccessRefused as exc:
             self._send_quietly(protocol.send_refusal(uid, str(exc)))
             return
-        if not is_async:
+        if call.credit is not None:
+            if kind != STREAM:
+                self._send_quietly(
+                    protocol.send_error(
+                        uid,
+                        RemoteError(
+                            "NotAStream",
+                            f"{call.path!r} does not stream (it is not an async "
+                            "generator): await it instead of iterating it",
+                        ),
+                    )
+                )
+                return
+            self._producers[uid] = _Producer(min(call.credit, MAX_CREDIT))
+        elif kind == STREAM:
+            self._send_quietly(
+                protocol.send_error(
+                    uid,
+                    RemoteError(
+                        "StreamRequired",
+                        f"{call.path!r} streams its results (an async generator): "
+                        "iterate it with 'async for' instead of awaiting it",
+                    ),
+                )
+            )
+            return
+        elif kind == PLAIN:
             # A plain function runs to completion wherever it is called, so
             # calling it here costs no concurrency and saves a task.
             try:
@@ -533,7 +689,88 @@ class Communicator:
         return len(self._running) - (len(self._nested) if self._nested else 0)
 
     def _start(self, call: Call, func: Callable[..., Any]) -> None:
-        self._running[call.uid] = self._loop.create_task(self._run(call, func))
+        if call.credit is None:
+            self._running[call.uid] = self._loop.create_task(self._run(call, func))
+        else:
+            self._running[call.uid] = self._loop.create_task(self._produce(call, func))
+
+    def _on_credit(self, uid: int, count: int) -> None:
+        producer = self._producers.get(uid)
+        if producer is None:
+            return
+        producer.credit = min(producer.credit + count, MAX_CREDIT)
+        waiter = producer.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _produce(self, call: Call, func: Callable[..., Any]) -> None:
+        """Run the peer's stream call ``call``: send the generator's items as credit allows."""
+        uid = call.uid
+        _serving.set((self, uid))  # calls the generator makes are nested, as in _run
+        producer = self._producers[uid]
+        protocol = self._protocol
+        channel = self._channel
+        generator: AsyncGenerator[Any, None] | None = None
+        value: Any = None
+        failed = False
+        try:
+            try:
+                generator = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
+                assert generator is not None
+                while True:
+                    while producer.credit <= 0:
+                        # Out of credit: the generator stays paused at its yield.
+                        waiter = producer.waiter = self._loop.create_future()
+                        try:
+                            await waiter
+                        finally:
+                            producer.waiter = None
+                    try:
+                        item = await generator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    producer.credit -= 1
+                    frame = protocol.send_item(uid, item)
+                    try:
+                        channel.send(frame)
+                        if channel.writing_paused:
+                            await channel.drain()
+                    except (ChannelClosed, ConnectionError):
+                        protocol.drop_incoming(uid)
+                        return  # the connection is going: the channel reports it
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled by the peer's Cancel or by the close: no reply.
+                    protocol.drop_incoming(uid)
+                    return
+                value = RemoteError("CancelledError", "the stream was cancelled")
+                failed = True
+            except EncodeError as exc:
+                value, failed = exc, True  # an item that cannot travel ends the stream
+            except Exception as exc:
+                self._log_error(call, exc)
+                value, failed = exc, True
+            finally:
+                if generator is not None:
+                    try:
+                        # Runs the generator's finally when it is paused at a
+                        # yield (cancelled while out of credit, or left early).
+                        await generator.aclose()
+                    except Exception as exc:
+                        self._log_error(call, exc)
+            if self.closed is not None:
+                protocol.drop_incoming(uid)
+                return
+            self._send_quietly(
+                protocol.send_error(uid, value) if failed else protocol.send_return(uid, None)
+            )
+        finally:
+            del self._running[uid]
+            self._producers.pop(uid, None)
+            if self._nested:
+                self._nested.discard(uid)
+            self._pump_backlog()
 
     async def _run(self, call: Call, func: Callable[..., Any]) -> None:
         uid = call.uid
@@ -643,6 +880,7 @@ class Communicator:
             if entry[0].uid == uid:
                 assert self._backlog is not None
                 self._backlog.remove(entry)
+                self._producers.pop(uid, None)
                 self._protocol.drop_incoming(uid)
                 return
 
@@ -669,6 +907,8 @@ class Communicator:
             if not future.done():
                 future.set_exception(ConnectionClosedError(exc.code, exc.reason))
         self._pending.clear()
+        for uid in list(self._inboxes):
+            self._end_inbox(uid, ConnectionClosedError(exc.code, exc.reason))
         for task in self._running.values():
             task.cancel()
         if self._backlog is not None:
@@ -679,3 +919,138 @@ class Communicator:
         self._finish(ConnectionClosedError(code, reason))
         await self._channel.close(code, reason)
         await asyncio.shield(self._done)
+
+
+class _Inbox:
+    """What the communicator keeps of one of our streams, while it runs."""
+
+    __slots__ = ("consumed", "end", "items", "slot", "waiter")
+
+    def __init__(self, slot: bool) -> None:
+        self.items: deque[Any] = deque()
+        """Items received, not taken yet (at most the credit granted)."""
+        self.end: Any = None
+        """None while the stream runs; then _DONE, or the exception it ended with."""
+        self.waiter: asyncio.Future[None] | None = None
+        self.consumed = 0
+        """Items taken since credit was last granted."""
+        self.slot = slot
+        """Whether the stream holds one of the communicator's slots."""
+
+
+class _Producer:
+    """The credit of one of the peer's streams, running (or waiting) here."""
+
+    __slots__ = ("credit", "waiter")
+
+    def __init__(self, credit: int) -> None:
+        self.credit = credit
+        self.waiter: asyncio.Future[None] | None = None
+
+
+class Stream:
+    """
+    The consumer's end of one stream: an async iterator of the remote items.
+
+    Made by :meth:`Communicator.stream`; iterate it with ``async for``. The
+    stream call is sent on the first ``__anext__``. Leaving the loop early
+    (the iterator dropped), :meth:`aclose`, a timeout or a cancellation of
+    the iterating task cancels the stream on the peer. The items received
+    before a remote error or a close are delivered first; then the error is
+    raised (:exc:`~wsrpc.RemoteError`, :exc:`~wsrpc.ConnectionClosedError`).
+    """
+
+    __slots__ = ("_args", "_comm", "_finished", "_inbox", "_kwargs", "_path", "_timeout", "_uid")
+
+    def __init__(
+        self,
+        communicator: Communicator,
+        path: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self._comm = communicator
+        self._path = path
+        self._args = args
+        self._kwargs = kwargs
+        self._timeout = timeout
+        self._uid = 0
+        self._inbox: _Inbox | None = None
+        self._finished = False
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        inbox = self._inbox
+        if inbox is not None and inbox.items:
+            return self._take(inbox)  # the fast path: an item is here already
+        timeout = self._timeout
+        if timeout is None:
+            return await self._next()
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await self._next()
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours
+            self._stop()  # done already when the wait for an item was cut
+            raise RpcTimeoutError(f"stream {self._path!r}: no item within {timeout} s") from None
+
+    async def _next(self) -> Any:
+        inbox = self._inbox
+        if inbox is None:
+            if self._finished:
+                raise StopAsyncIteration
+            self._uid, inbox = await self._comm._open_stream(self._path, self._args, self._kwargs)
+            self._inbox = inbox
+        while True:
+            if inbox.items:
+                return self._take(inbox)
+            end = inbox.end
+            if end is not None:
+                self._finished = True
+                self._inbox = None
+                if end is _DONE:
+                    raise StopAsyncIteration
+                raise end
+            waiter = inbox.waiter = self._comm._loop.create_future()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._stop()  # cancelled (or timed out): as a call, cancel it on the peer
+                raise
+            finally:
+                inbox.waiter = None
+
+    def _take(self, inbox: _Inbox) -> Any:
+        value = inbox.items.popleft()
+        inbox.consumed += 1
+        if inbox.end is None and inbox.consumed >= STREAM_WINDOW // 2:
+            self._comm._grant(self._uid, inbox)
+        return value
+
+    def _stop(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        self._finished = True
+        if inbox is not None and inbox.end is None:
+            self._comm._abandon(self._uid)
+
+    async def aclose(self) -> None:
+        """Stop iterating: cancel the stream on the peer (its generator's finally runs)."""
+        self._stop()
+
+    def __del__(self) -> None:
+        inbox = self._inbox
+        if inbox is not None and inbox.end is None:
+            # Dropped mid-stream (a break out of the async for), maybe in
+            # another thread (wsrpc.sync): cancel it from the loop.
+            try:
+                self._comm._loop.call_soon_threadsafe(self._comm._abandon, self._uid)
+            except RuntimeError:
+                pass  # the loop is closed: so is the connection
+
+    def __repr__(self) -> str:
+        return f"<wsrpc stream {self._path!r}>"

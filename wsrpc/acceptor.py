@@ -262,7 +262,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             label=f"connection {self._id} from {self.ip or 'unknown'}",
             **self._options.communicator_kwargs(),
         )
-        self._drivers.open(communicator.call)
+        self._drivers.open(communicator.call, communicator.stream)
         if channel.needs_round_trip:
             channel.set_round_trip(functools.partial(_probe, communicator, None))
         try:

@@ -22,7 +22,18 @@ import msgpack
 
 from ._msgpack_scan import MAX_CONTAINERS, MAX_DEPTH, Refused, check_declared
 from .exceptions import EncodeError, ProtocolError
-from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
+from .messages import (
+    Accept,
+    Call,
+    Cancel,
+    CloseCode,
+    Credit,
+    Error,
+    Header,
+    Item,
+    Message,
+    Return,
+)
 from .tgrid import TgridCodec
 
 __all__ = [
@@ -39,7 +50,7 @@ PROTOCOL_VERSION = 1
 """Version of wsrpc's msgpack protocol, sent in the header message."""
 
 # Message kinds: the first element of every msgpack message.
-_HEADER, _ACCEPT, _CALL, _RETURN, _ERROR, _CANCEL = range(6)
+_HEADER, _ACCEPT, _CALL, _RETURN, _ERROR, _CANCEL, _STREAM, _ITEM, _CREDIT = range(9)
 
 _MAX_UID = 2**63 - 1
 
@@ -69,6 +80,8 @@ class Codec(Protocol):
     """True when frames are binary, False when they are text."""
     supports_cancel: bool
     """Whether :class:`~wsrpc.messages.Cancel` can be sent to the peer."""
+    supports_streams: bool
+    """Whether stream calls (a Call with ``credit``, Item, Credit) can be encoded."""
 
     def encode(self, message: Message) -> bytes | str:
         """Encode ``message``; raise :exc:`EncodeError` when it cannot be."""
@@ -125,6 +138,7 @@ class MsgpackCodec:
     name = "msgpack"
     binary = True
     supports_cancel = True
+    supports_streams = True
 
     def __init__(
         self,
@@ -149,14 +163,32 @@ class MsgpackCodec:
         obj: list[Any]
         if kind is Call:
             assert isinstance(message, Call)
-            obj = [_CALL, message.uid, message.path, message.args]
-            if message.parent is not None:
-                obj += [message.kwargs or None, message.parent]
-            elif message.kwargs:
-                obj.append(message.kwargs)
+            if message.credit is not None:
+                obj = [
+                    _STREAM,
+                    message.uid,
+                    message.path,
+                    message.args,
+                    message.kwargs or None,
+                    message.credit,
+                ]
+                if message.parent is not None:
+                    obj.append(message.parent)
+            else:
+                obj = [_CALL, message.uid, message.path, message.args]
+                if message.parent is not None:
+                    obj += [message.kwargs or None, message.parent]
+                elif message.kwargs:
+                    obj.append(message.kwargs)
         elif kind is Return:
             assert isinstance(message, Return)
             obj = [_RETURN, message.uid, message.value]
+        elif kind is Item:
+            assert isinstance(message, Item)
+            obj = [_ITEM, message.uid, message.value]
+        elif kind is Credit:
+            assert isinstance(message, Credit)
+            obj = [_CREDIT, message.uid, message.count]
         elif kind is Error:
             assert isinstance(message, Error)
             obj = [_ERROR, message.uid, message.name, message.message, message.traceback]
@@ -169,11 +201,11 @@ class MsgpackCodec:
                 _HEADER,
                 PROTOCOL_VERSION,
                 message.value,
-                _limits(message.max_calls, message.max_size),
+                _limits(message.max_calls, message.max_size, message.streams),
             ]
         elif kind is Accept:
             assert isinstance(message, Accept)
-            obj = [_ACCEPT, _limits(message.max_calls, message.max_size)]
+            obj = [_ACCEPT, _limits(message.max_calls, message.max_size, message.streams)]
         else:  # pragma: no cover - exhaustive over Message
             raise TypeError(f"not a message: {message!r}")
         try:
@@ -214,6 +246,23 @@ class MsgpackCodec:
             return Call(_uid(obj[1]), path, args, kwargs, parent)
         if kind == _RETURN and size == 3 and type(kind) is int:
             return Return(_uid(obj[1]), obj[2])
+        if kind == _ITEM and size == 3 and type(kind) is int:
+            return Item(_uid(obj[1]), obj[2])
+        if kind == _CREDIT and size == 3 and type(kind) is int:
+            return Credit(_uid(obj[1]), _limit(obj[2], "stream credit"))
+        if kind == _STREAM and 6 <= size <= 7 and type(kind) is int:
+            path, args, kwargs = obj[2], obj[3], obj[4]
+            if type(path) is not str:
+                raise _bad("call path must be a string")
+            if type(args) is not list:
+                raise _bad("call arguments must be an array")
+            if kwargs is not None and type(kwargs) is not dict:
+                raise _bad("call keyword arguments must be a map")
+            if kwargs is not None and not all(type(key) is str for key in kwargs):
+                raise _bad("keyword argument names must be strings")
+            credit = _limit(obj[5], "stream credit")
+            parent = _uid(obj[6]) if size == 7 else None
+            return Call(_uid(obj[1]), path, args, kwargs or None, parent, credit)
         if kind == _ERROR and size == 5 and type(kind) is int:
             name, text, trace = obj[2], obj[3], obj[4]
             if type(name) is not str or type(text) is not str:
@@ -342,24 +391,28 @@ def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:
     )
 
 
-def _limits(max_calls: int | None, max_size: int | None) -> dict[str, int]:
+def _limits(max_calls: int | None, max_size: int | None, streams: bool) -> dict[str, int]:
     limits = {}
     if max_calls is not None:
         limits["calls"] = max_calls
     if max_size is not None:
         limits["size"] = max_size
+    if streams:
+        limits["streams"] = 1
     return limits
 
 
-def _read_limits(value: object) -> tuple[int | None, int | None]:
-    # Unknown keys are ignored so that later versions can add limits.
+def _read_limits(value: object) -> tuple[int | None, int | None, bool]:
+    # Unknown keys are ignored so that later versions can add limits (as
+    # "streams" was added: a peer without it never reads it).
     if type(value) is not dict:
         raise _bad("limits must be a map")
     assert isinstance(value, dict)
-    calls, size = value.get("calls"), value.get("size")
+    calls, size, streams = value.get("calls"), value.get("size"), value.get("streams")
     return (
         None if calls is None else _limit(calls, "limits.calls"),
         None if size is None else _limit(size, "limits.size"),
+        streams is not None and _limit(streams, "limits.streams") >= 1,
     )
 
 

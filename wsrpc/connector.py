@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
@@ -40,7 +40,7 @@ from ._transports import Channel, ChannelClosed, TransportName
 from ._util import check_close
 from .codecs import Codec, CodecName, make_codec
 from .dispatch import check_provider
-from .driver import Drivers
+from .driver import DeferredStream, Drivers
 from .exceptions import (
     ConnectError,
     ConnectionClosedError,
@@ -334,7 +334,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             **self._options.communicator_kwargs(),
         )
         # A reconnecting connector's drivers go through _call_or_wait, for good.
-        self._drivers.open(communicator.call if self._policy is None else self._call_or_wait)
+        if self._policy is None:
+            self._drivers.open(communicator.call, communicator.stream)
+        else:
+            self._drivers.open(self._call_or_wait, self._stream_or_wait)
         self._state = ConnectorState.OPEN
         self._wake()
 
@@ -613,6 +616,33 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         if communicator is None or communicator.closed is not None or self._peer_closing:
             return await self._call_when_back(path, args, kwargs, timeout)
         return await communicator.call(path, args, kwargs, timeout)
+
+    def _stream_or_wait(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        """
+        The stream function of a reconnecting connector's drivers.
+
+        The stream starts on the connection open when it is first iterated,
+        or on the next one (waiting as calls do, within ``timeout``). A
+        stream does not move to a new connection: when its connection is
+        lost, it ends with :exc:`ConnectionClosedError`.
+        """
+
+        async def opener() -> AsyncIterator[Any]:
+            communicator = self._communicator
+            if communicator is None or communicator.closed is not None or self._peer_closing:
+                limit = self._options.call_timeout if timeout is None else timeout
+                try:
+                    async with asyncio.timeout(limit):
+                        communicator = await self._wait_open()
+                except TimeoutError:
+                    raise RpcTimeoutError(
+                        f"stream {path!r} timed out after {limit} s: the connection was not back"
+                    ) from None
+            return communicator.stream(path, args, kwargs, timeout)
+
+        return DeferredStream(opener)
 
     async def _call_when_back(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None

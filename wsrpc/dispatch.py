@@ -36,6 +36,9 @@ from typing import Any
 __all__ = [
     "MAX_PATH_LENGTH",
     "MAX_PATH_SEGMENTS",
+    "PLAIN",
+    "ASYNC",
+    "STREAM",
     "AccessRefused",
     "check_provider",
     "is_remote_name",
@@ -47,6 +50,10 @@ MAX_PATH_LENGTH = 256
 MAX_PATH_SEGMENTS = 8
 """Most segments in a dotted path (so at most 7 levels of nesting)."""
 
+PLAIN, ASYNC, STREAM = 0, 1, 2
+"""What :func:`resolve` says of a method: plain (runs inline), a coroutine
+function (runs in a task), an async generator function (streams its items)."""
+
 _MISSING: Any = object()
 _type_mro = type.__dict__["__mro__"].__get__
 _type_dict = type.__dict__["__dict__"].__get__
@@ -57,12 +64,14 @@ class AccessRefused(Exception):
     """The path does not name a method the remote side may call."""
 
 
-def resolve(provider: object, path: str) -> tuple[Callable[..., Any], bool]:
+def resolve(provider: object, path: str) -> tuple[Callable[..., Any], int]:
     """
     Find the method ``path`` names on ``provider``.
 
     Returns:
-        The callable, bound as needed, and whether it is a coroutine function.
+        The callable, bound as needed, and its kind: :data:`PLAIN`,
+        :data:`ASYNC` (a coroutine function) or :data:`STREAM` (an async
+        generator function).
 
     Raises:
         AccessRefused: the path breaks a member rule or names no method.
@@ -122,7 +131,7 @@ def _check_path(path: str) -> list[str]:
 _CACHE_SIZE = 4096
 _paths: dict[str, list[str]] = {}
 _class_attrs: dict[tuple[type, str], Any] = {}
-_methods: dict[tuple[type, str], tuple[FunctionType, str, bool] | None] = {}
+_methods: dict[tuple[type, str], tuple[FunctionType, str, int] | None] = {}
 
 
 def _class_attr(cls: type, name: str) -> Any:
@@ -176,7 +185,7 @@ def _child(obj: object, name: str, trail: list[str]) -> object:
     return value
 
 
-def _method(obj: object, name: str, path: str) -> tuple[Callable[..., Any], bool]:
+def _method(obj: object, name: str, path: str) -> tuple[Callable[..., Any], int]:
     namespace = _instance_dict(obj)
     if namespace is not None and name in namespace:
         raise AccessRefused(f"{path!r} is data, not a method")
@@ -184,15 +193,15 @@ def _method(obj: object, name: str, path: str) -> tuple[Callable[..., Any], bool
     found = _method_of(cls, name)
     if found is None:
         raise AccessRefused(f"no remote method {path!r}")
-    func, binding, is_async = found
+    func, binding, kind = found
     if binding == "self":
-        return MethodType(func, obj), is_async
+        return MethodType(func, obj), kind
     if binding == "cls":
-        return MethodType(func, cls), is_async
-    return func, is_async
+        return MethodType(func, cls), kind
+    return func, kind
 
 
-def _method_of(cls: type, name: str) -> tuple[FunctionType, str, bool] | None:
+def _method_of(cls: type, name: str) -> tuple[FunctionType, str, int] | None:
     key = (cls, name)
     try:
         return _methods[key]
@@ -205,7 +214,7 @@ def _method_of(cls: type, name: str) -> tuple[FunctionType, str, bool] | None:
     return found
 
 
-def _find_method(cls: type, name: str) -> tuple[FunctionType, str, bool] | None:
+def _find_method(cls: type, name: str) -> tuple[FunctionType, str, int] | None:
     value = _class_attr(cls, name)
     kind = type(value)
     if kind is FunctionType:
@@ -216,4 +225,8 @@ def _find_method(cls: type, name: str) -> tuple[FunctionType, str, bool] | None:
         func, binding = value.__func__, "cls"
     else:
         return None
-    return func, binding, inspect.iscoroutinefunction(func)
+    if inspect.iscoroutinefunction(func):
+        return func, binding, ASYNC
+    if inspect.isasyncgenfunction(func):
+        return func, binding, STREAM
+    return func, binding, PLAIN

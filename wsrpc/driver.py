@@ -19,18 +19,145 @@ no asyncio, no socket, no WebSocket library.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from types import TracebackType
 from typing import Any, NoReturn
 
 from .dispatch import is_remote_name
 from .exceptions import ConnectionClosedError, StateError
 
-__all__ = ["Driver", "Drivers", "Link"]
+__all__ = ["DeferredStream", "Driver", "Drivers", "Link", "RemoteCall"]
 
 CallFunction = Callable[
     [str, tuple[Any, ...], dict[str, Any], "float | None"], Coroutine[Any, Any, Any]
 ]
 """``call(path, args, kwargs, timeout)``: the coroutine that makes one remote call."""
+
+StreamFunction = Callable[
+    [str, tuple[Any, ...], dict[str, Any], "float | None"], AsyncIterator[Any]
+]
+"""``stream(path, args, kwargs, timeout)``: the async iterator of one remote
+stream; nothing is sent before its first ``__anext__``."""
+
+
+class DeferredStream:
+    """
+    A stream opened on its first ``__anext__``, by awaiting ``opener()``.
+
+    For links that must wait before they know where the stream goes (a
+    reconnecting connector), and for refusals: an ``opener`` that raises
+    makes the first step raise.
+    """
+
+    __slots__ = ("_inner", "_opener")
+
+    def __init__(self, opener: Callable[[], Awaitable[AsyncIterator[Any]]]) -> None:
+        self._opener: Callable[[], Awaitable[AsyncIterator[Any]]] | None = opener
+        self._inner: AsyncIterator[Any] | None = None
+
+    def __aiter__(self) -> DeferredStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        inner = self._inner
+        if inner is None:
+            opener, self._opener = self._opener, None
+            if opener is None:
+                raise StopAsyncIteration
+            inner = self._inner = await opener()
+        return await inner.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the stream (cancelling it on the peer, if it started)."""
+        self._opener = None
+        inner, self._inner = self._inner, None
+        close = getattr(inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _refused_stream(
+    refuse: CallFunction,
+    path: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> AsyncIterator[Any]:
+    return DeferredStream(functools.partial(refuse, path, args, kwargs, timeout))
+
+
+class RemoteCall(Coroutine[Any, Any, Any]):
+    """
+    What calling a driver returns: a call, or a stream, as the caller uses it.
+
+    ``await call`` makes a plain call and returns its result (this object is
+    a coroutine: ``asyncio.create_task()`` and ``gather()`` take it too);
+    ``async for item in call`` makes a stream call instead and iterates the
+    items the remote async generator yields. The caller's Protocol says
+    which: ``async def add(...) -> int`` is awaited, ``def ticks(...) ->
+    AsyncIterator[int]`` iterated, and mypy holds the caller to it.
+
+    Nothing is sent until the call is awaited or iterated. A call that is
+    neither is reported by Python's "coroutine ... was never awaited"
+    warning, as a forgotten coroutine is.
+    """
+
+    __slots__ = ("_args", "_coro", "_driver", "_kwargs", "_stream")
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        driver: Driver,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._coro = coro
+        self._driver = driver
+        self._args = args
+        self._kwargs = kwargs
+        self._stream: AsyncIterator[Any] | None = None
+
+    @property
+    def coroutine(self) -> Coroutine[Any, Any, Any]:
+        """The coroutine of the plain call (what ``await`` runs)."""
+        return self._coro
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(
+        self,
+        typ: Any,
+        val: Any = None,
+        tb: TracebackType | None = None,
+    ) -> Any:
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        stream = self._stream
+        if stream is None:
+            self._coro.close()  # iterated, not awaited: no "never awaited" warning
+            stream = self._stream = self._driver._open_stream(self._args, self._kwargs)
+        return stream
+
+    async def aclose(self) -> None:
+        """Stop the stream this call was iterated as (cancelling it on the peer)."""
+        self._coro.close()
+        stream = self._stream
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+    def __repr__(self) -> str:
+        return f"<wsrpc.RemoteCall {self._driver!r}>"
 
 
 async def _refuse_not_open(
@@ -62,19 +189,22 @@ class Link:
     a closed link points back at the connection or at the link itself.
     """
 
-    __slots__ = ("call",)
+    __slots__ = ("call", "stream")
 
     def __init__(self, not_open: str) -> None:
         """``not_open`` ends the message of calls made before the connection opens."""
         self.call: CallFunction = functools.partial(_refuse_not_open, not_open)
+        self.stream: StreamFunction = functools.partial(_refused_stream, self.call)
 
-    def open(self, call: CallFunction) -> None:
-        """Send calls with ``call`` from now on."""
+    def open(self, call: CallFunction, stream: StreamFunction) -> None:
+        """Send calls with ``call`` and streams with ``stream`` from now on."""
         self.call = call
+        self.stream = stream
 
     def close(self, code: int, reason: str) -> None:
         """Fail calls with ``ConnectionClosedError(code, reason)`` from now on."""
         self.call = functools.partial(_refuse_closed, code, reason)
+        self.stream = functools.partial(_refused_stream, self.call)
 
 
 class Driver:
@@ -82,10 +212,12 @@ class Driver:
     Proxy for the remote provider, or for one object or method inside it.
 
     Attribute access returns a child driver for the longer path (cached, so
-    repeated calls cost one dictionary lookup); calling a driver sends the
-    call and returns a coroutine that resolves to the remote result, or
-    raises :exc:`~wsrpc.StateError` if the connection is not open yet and
-    :exc:`~wsrpc.ConnectionClosedError` once it is closed.
+    repeated calls cost one dictionary lookup); calling a driver returns a
+    :class:`RemoteCall`: awaited, it sends the call and resolves to the
+    remote result; iterated (``async for``), it streams the items of a
+    remote async generator. Either raises :exc:`~wsrpc.StateError` if the
+    connection is not open yet and :exc:`~wsrpc.ConnectionClosedError` once
+    it is closed.
 
     Names that start or end with ``_`` raise :exc:`AttributeError` locally
     (see :func:`wsrpc.dispatch.is_remote_name`).
@@ -105,11 +237,16 @@ class Driver:
         self.__dict__[name] = child
         return child
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+    def __call__(self, *args: Any, **kwargs: Any) -> RemoteCall:
         if not self.__path:
             raise TypeError("the driver itself is not callable; call one of its methods")
-        # Return the coroutine itself rather than wrapping it in another one.
-        return self.__link.call(self.__path, args, kwargs, self.__timeout)
+        return RemoteCall(
+            self.__link.call(self.__path, args, kwargs, self.__timeout), self, args, kwargs
+        )
+
+    def _open_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """The stream of this method with these arguments (see :class:`RemoteCall`)."""
+        return self.__link.stream(self.__path, args, kwargs, self.__timeout)
 
     def __repr__(self) -> str:
         return f"<wsrpc.Driver {self.__path or '(root)'}>"
@@ -147,9 +284,9 @@ class Drivers:
             self._root = Driver(self._link, "", None)
         return self._root
 
-    def open(self, call: CallFunction) -> None:
-        """The connection is open: calls go through ``call``."""
-        self._link.open(call)
+    def open(self, call: CallFunction, stream: StreamFunction) -> None:
+        """The connection is open: calls go through ``call``, streams through ``stream``."""
+        self._link.open(call, stream)
 
     def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None

@@ -7,7 +7,9 @@ A connection carries, in order:
 2. :class:`Accept` — the server's verdict when it accepts (a rejection is a
    WebSocket close frame, not a message);
 3. then, in both directions and interleaved: :class:`Call`, :class:`Return`,
-   :class:`Error` and :class:`Cancel`.
+   :class:`Error` and :class:`Cancel`; and for streams (a :class:`Call` with
+   ``credit``), :class:`Item` from the producer and :class:`Credit` from the
+   consumer.
 
 Codecs (:mod:`wsrpc.codecs`) turn these into frames and back; the rules about
 which message may come when live in :mod:`wsrpc.protocol`.
@@ -28,7 +30,9 @@ __all__ = [
     "Cancel",
     "CloseCode",
     "Error",
+    "Credit",
     "Header",
+    "Item",
     "Message",
     "Return",
 ]
@@ -69,6 +73,8 @@ class Header:
     """How many calls the client runs at once; None when the peer does not say."""
     max_size: int | None = None
     """The largest frame the client accepts, in bytes; None when it does not say."""
+    streams: bool = False
+    """Whether the client takes stream calls (announced as ``"streams": 1`` in its limits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,8 @@ class Accept:
     """How many calls the server runs at once; None when the peer does not say."""
     max_size: int | None = None
     """The largest frame the server accepts, in bytes; None when it does not say."""
+    streams: bool = False
+    """Whether the server takes stream calls (announced as ``"streams": 1`` in its limits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,10 @@ class Call:
     """When the caller makes this call while serving one of the callee's
     calls (a callback), that call's id: the callee lets such nested calls
     past its concurrency limit, so that chains of callbacks cannot deadlock."""
+    credit: int | None = None
+    """Set for a stream call (a STREAM message on the wire): how many items
+    the callee may send before it is granted more (:class:`Credit`). None
+    for a plain call, answered by one :class:`Return` or :class:`Error`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,5 +132,24 @@ class Cancel:
     uid: int
 
 
-Message = Header | Accept | Call | Return | Error | Cancel
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item of stream ``uid``, from the producer (the callee) to the consumer.
+
+    The stream ends with a :class:`Return` (its value is nil) or an
+    :class:`Error` for the same ``uid``."""
+
+    uid: int
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """The consumer of stream ``uid`` lets the producer send ``count`` more items."""
+
+    uid: int
+    count: int
+
+
+Message = Header | Accept | Call | Return | Error | Cancel | Item | Credit
 """Any message of the protocol."""

@@ -21,6 +21,15 @@ Theory of operation::
     send_cancel()    ── Cancel ──▶          receive() -> Cancel
     (and the same with the sides swapped: calls flow both ways)
 
+    streams (when the peer announced them in its limits):
+    send_call(credit=n) ── Call (STREAM) ──▶ receive() -> Call with credit
+    receive() -> Item    ◀── Item ──          send_item()  (at most the credit)
+    send_credit()        ── Credit ──▶        receive() -> Credit
+    receive() -> Return/Error ◀──             send_return(None) / send_error()
+
+The core counts the credit of each of our streams: an Item beyond what we
+granted is a protocol violation (1002).
+
 Call ids are chosen by the caller, one counter per direction. The core keeps
 the ids of outgoing calls awaiting a reply, so that a reply arriving after
 the caller gave up (cancelled, timed out) is dropped quietly, and the ids of
@@ -38,7 +47,7 @@ from typing import Any
 
 from .codecs import Codec
 from .exceptions import EncodeError, ProtocolError, RemoteError, StateError
-from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Return
+from .messages import Accept, Call, Cancel, CloseCode, Credit, Error, Header, Item, Return
 
 __all__ = ["Phase", "RpcProtocol", "Side"]
 
@@ -90,6 +99,12 @@ class RpcProtocol:
         """The peer's advertised concurrency limit; None until known or if never told."""
         self.peer_max_size: int | None = None
         """The peer's advertised frame-size limit; None until known or if never told."""
+        self.peer_streams = False
+        """Whether the peer announced that it takes stream calls."""
+        self.streams: bool = getattr(codec, "supports_streams", False)
+        """Whether this end takes stream calls (announced in its handshake message)."""
+        self.credit: dict[int, int] = {}
+        """Items each of our streams may still receive (ids also in :attr:`outgoing`)."""
         self.outgoing: set[int] = set()
         """Ids of our calls still waiting for their reply."""
         self.incoming: set[int] = set()
@@ -101,7 +116,7 @@ class RpcProtocol:
     def send_header(self, value: Any) -> bytes | str:
         """Client: the first frame to send. Raises :exc:`EncodeError`."""
         self._expect(Side.CLIENT, Phase.HANDSHAKE)
-        return self.codec.encode(Header(value, self.max_calls, self.max_size))
+        return self.codec.encode(Header(value, self.max_calls, self.max_size, self.streams))
 
     def receive_header(self, frame: bytes | str) -> Header:
         """Server: read the client's first frame. Raises :exc:`ProtocolError`."""
@@ -111,13 +126,14 @@ class RpcProtocol:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "the first message must be the header")
         self.peer_max_calls = message.max_calls
         self.peer_max_size = message.max_size
+        self.peer_streams = message.streams
         return message
 
     def send_accept(self) -> bytes | str:
         """Server: the frame that accepts the client; the connection is then open."""
         self._expect(Side.SERVER, Phase.HANDSHAKE)
         self.phase = Phase.OPEN
-        return self.codec.encode(Accept(self.max_calls, self.max_size))
+        return self.codec.encode(Accept(self.max_calls, self.max_size, self.streams))
 
     def receive_accept(self, frame: bytes | str) -> Accept:
         """Client: read the server's verdict frame. Raises :exc:`ProtocolError`."""
@@ -127,6 +143,7 @@ class RpcProtocol:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "expected the accept message")
         self.peer_max_calls = message.max_calls
         self.peer_max_size = message.max_size
+        self.peer_streams = message.streams
         self.phase = Phase.OPEN
         return message
 
@@ -142,19 +159,23 @@ class RpcProtocol:
         args: list[Any],
         kwargs: dict[str, Any] | None,
         parent: int | None = None,
+        credit: int | None = None,
     ) -> tuple[int, bytes | str]:
         """
-        Start a call: return its id and the frame to send.
+        Start a call (a stream when ``credit`` is given): return its id and the frame.
 
         Raises:
             EncodeError: an argument cannot be encoded, or the frame would be
                 larger than the peer accepts. No id is consumed then.
-            StateError: the handshake has not completed (a misuse).
+            StateError: the handshake has not completed (a misuse), or
+                ``credit`` is given and the peer takes no streams.
         """
         if self.phase is not Phase.OPEN:
             raise StateError("send_call() before the handshake completed")
+        if credit is not None and not self.peer_streams:
+            raise StateError(self.no_streams_reason(path))
         uid = self._next_uid
-        frame = self.codec.encode(Call(uid, path, args, kwargs, parent))
+        frame = self.codec.encode(Call(uid, path, args, kwargs, parent, credit))
         limit = self.peer_max_size
         if limit is not None and len(frame) > limit:
             raise EncodeError(
@@ -162,7 +183,36 @@ class RpcProtocol:
             )
         self._next_uid = uid + 1
         self.outgoing.add(uid)
+        if credit is not None:
+            self.credit[uid] = credit
         return uid, frame
+
+    def no_streams_reason(self, path: str) -> str:
+        """Why a stream of ``path`` cannot be started on this connection."""
+        if not self.streams:
+            return f"cannot stream {path!r}: the {self.codec.name} protocol has no streams"
+        return f"cannot stream {path!r}: the peer does not support streams"
+
+    def send_item(self, uid: int, value: Any) -> bytes | str:
+        """
+        One item of incoming stream call ``uid``.
+
+        Raises:
+            EncodeError: the value cannot be encoded, or its frame is larger
+                than the peer accepts; the caller ends the stream with it.
+        """
+        frame = self.codec.encode(Item(uid, value))
+        limit = self.peer_max_size
+        if limit is not None and len(frame) > limit:
+            raise EncodeError(f"stream item is {len(frame)} bytes; the consumer accepts {limit}")
+        return frame
+
+    def send_credit(self, uid: int, count: int) -> bytes | str | None:
+        """Let the producer of our stream ``uid`` send ``count`` more items; None if it ended."""
+        if uid not in self.credit:
+            return None
+        self.credit[uid] += count
+        return self.codec.encode(Credit(uid, count))
 
     def send_return(self, uid: int, value: Any) -> bytes | str:
         """
@@ -232,6 +282,7 @@ class RpcProtocol:
         if uid not in self.outgoing:
             return None
         self.outgoing.discard(uid)
+        self.credit.pop(uid, None)
         if not self.codec.supports_cancel:
             return None
         return self.codec.encode(Cancel(uid))
@@ -242,7 +293,7 @@ class RpcProtocol:
 
     # -- open: receiving -----------------------------------------------------
 
-    def receive(self, frame: bytes | str) -> Call | Return | Error | Cancel | None:
+    def receive(self, frame: bytes | str) -> Call | Return | Error | Cancel | Item | Credit | None:
         """
         Read one frame of an open connection.
 
@@ -263,14 +314,34 @@ class RpcProtocol:
                 raise ProtocolError(
                     CloseCode.PROTOCOL_ERROR, f"call id {message.uid} reused while running"
                 )
+            if message.credit is not None and not self.streams:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "stream call to a peer without streams"
+                )
             self.incoming.add(message.uid)
             return message
         if kind is Return or kind is Error:
             assert isinstance(message, (Return, Error))
             if message.uid in self.outgoing:
                 self.outgoing.discard(message.uid)
+                if self.credit:
+                    self.credit.pop(message.uid, None)
                 return message
             return None
+        if kind is Item:
+            assert isinstance(message, Item)
+            left = self.credit.get(message.uid)
+            if left is None:
+                return None  # a stream we cancelled: items were in flight
+            if left <= 0:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, f"stream {message.uid} sent items beyond its credit"
+                )
+            self.credit[message.uid] = left - 1
+            return message
+        if kind is Credit:
+            assert isinstance(message, Credit)
+            return message if message.uid in self.incoming else None
         if kind is Cancel:
             assert isinstance(message, Cancel)
             return message if message.uid in self.incoming else None

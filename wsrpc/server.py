@@ -309,7 +309,9 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         check_timeout(timeout)
         if type(connection_id) is not int or not 0 <= connection_id < 2**63:
             raise ValueError(f"connection ids are integers in [0, 2**63), not {connection_id!r}")
-        link = Link("")
+        # Streams through a connection id are not served (yet): iterating
+        # such a call fails at once with StateError, saying so.
+        link = Link("streams through server.get_driver(connection_id) are not supported")
         link.open(
             functools.partial(
                 _call_by_id,
@@ -317,7 +319,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
                 self._cluster,
                 connection_id,
                 self._options.call_timeout,
-            )
+            ),
+            link.stream,
         )
         return cast(RemoteT, Driver(link, "", timeout))
 

@@ -49,7 +49,7 @@ import itertools
 import ssl as _ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, final
 
@@ -70,12 +70,12 @@ from .acceptor import WebSocketAcceptor, loop_of
 from .codecs import Codec, CodecName
 from .dispatch import is_remote_name
 from .driver import Driver
-from .exceptions import ConnectionClosedError, RpcTimeoutError, StateError
+from .exceptions import ConnectionClosedError, RemoteError, RpcTimeoutError, StateError
 from .messages import CloseCode
 from .reconnect import ReconnectPolicy
 from .states import AcceptorState, CloseInfo, ConnectorState
 
-__all__ = ["SyncDriver", "ThreadsafeAcceptor", "WebSocketConnector"]
+__all__ = ["SyncDriver", "SyncStream", "ThreadsafeAcceptor", "WebSocketConnector"]
 
 HeaderT = TypeVar("HeaderT")
 ProviderT = TypeVar("ProviderT")
@@ -116,18 +116,112 @@ class SyncDriver:
         return child
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # The async driver raises TypeError for the root before making a coroutine.
+        # The async driver raises TypeError for the root before making a call.
         action = f"call {self.__path!r}"
-        coro = self.__driver(*args, **kwargs)
+        call = self.__driver(*args, **kwargs)
         try:
             portal = self.__portal.get(action)
         except StateError:
-            coro.close()  # never scheduled: no "never awaited" warning
+            call.close()  # never scheduled: no "never awaited" warning
             raise
-        return portal.run(coro, action)
+        try:
+            return portal.run(call.coroutine, action)
+        except RemoteError as exc:
+            if exc.name != "StreamRequired":
+                raise
+        # The remote method is an async generator (it refused the plain
+        # call without running): stream it instead, as a blocking iterator.
+        return SyncStream(self.__portal, self.__driver, args, kwargs, f"stream {self.__path!r}")
 
     def __repr__(self) -> str:
         return f"<wsrpc.sync.SyncDriver {self.__path or '(root)'}>"
+
+
+class SyncStream(Iterator[Any]):
+    """
+    A remote stream as a blocking iterator: what a :class:`SyncDriver` returns
+    for a method that is an async generator on the peer.
+
+    ``for item in driver.ticks(3)`` blocks for each item in turn. Breaking
+    out of the loop (the iterator dropped), :meth:`close` or leaving a
+    ``with`` block cancels the stream on the peer. Errors are those of the
+    async streams: :exc:`~wsrpc.RemoteError` after the items sent before
+    it, :exc:`~wsrpc.ConnectionClosedError`, :exc:`~wsrpc.RpcTimeoutError`.
+    A thread interrupted while it waits cancels the stream.
+    """
+
+    def __init__(
+        self,
+        portal: PortalSlot,
+        driver: Driver,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        action: str,
+    ) -> None:
+        self._portal = portal
+        self._driver = driver
+        self._args = args
+        self._kwargs = kwargs
+        self._action = action
+        self._stream: AsyncIterator[Any] | None = None
+        self._done = False
+
+    def __iter__(self) -> SyncStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        portal = self._portal.get(self._action)
+        item = portal.run(self._step(), self._action)
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        return item
+
+    async def _step(self) -> Any:
+        # On the loop: the async stream is made and driven from there only.
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = self._driver(*self._args, **self._kwargs).__aiter__()
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return _END
+        except BaseException:
+            self._done = True
+            raise
+
+    def close(self) -> None:
+        """Stop the stream: cancel it on the peer (its generator's finally runs)."""
+        self._done = True
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            portal = self._portal.get(self._action)
+        except (StateError, ConnectionClosedError):
+            return  # the connection is gone, and the stream with it
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            try:
+                portal.run(close(), self._action)
+            except ConnectionClosedError:
+                pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_END: Any = object()
 
 
 class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):

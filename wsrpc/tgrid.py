@@ -32,6 +32,8 @@ Error       ``{"uid":1,"success":false,"value":{"name":N,"message":M}}``,
             missing name or message defaults to ``"Error"``/``""``, and a
             non-string one becomes its JSON.
 Cancel      not part of TGrid: never encoded (``supports_cancel`` is False).
+Streams     not part of TGrid: a Call with ``credit``, an Item or a Credit
+            is never encoded (``supports_streams`` is False).
 =========== ================================================================
 
 A document is a Call when its ``listener`` is present and truthy (as in
@@ -64,7 +66,18 @@ import re
 from typing import Any, NoReturn
 
 from .exceptions import EncodeError, ProtocolError
-from .messages import Accept, Call, Cancel, CloseCode, Error, Header, Message, Return
+from .messages import (
+    Accept,
+    Call,
+    Cancel,
+    CloseCode,
+    Credit,
+    Error,
+    Header,
+    Item,
+    Message,
+    Return,
+)
 
 __all__ = ["TgridCodec"]
 
@@ -194,12 +207,15 @@ class TgridCodec:
     name = "tgrid"
     binary = False
     supports_cancel = False
+    supports_streams = False
 
     def encode(self, message: Message) -> str:
         kind = type(message)
         obj: dict[str, Any]
         if kind is Call:
             assert isinstance(message, Call)
+            if message.credit is not None:
+                raise EncodeError("TGrid has no streams")
             if message.kwargs:
                 raise EncodeError("TGrid calls take positional arguments only")
             obj = {
@@ -227,6 +243,8 @@ class TgridCodec:
             return _ACCEPT
         elif kind is Cancel:
             raise EncodeError("TGrid has no cancellation message")
+        elif kind is Item or kind is Credit:
+            raise EncodeError("TGrid has no streams")
         else:  # pragma: no cover - exhaustive over Message
             raise TypeError(f"not a message: {message!r}")
         try:

@@ -14,14 +14,17 @@ import asyncio
 import inspect
 import os
 import types
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
 from wsrpc.dispatch import (
+    ASYNC,
     MAX_PATH_LENGTH,
     MAX_PATH_SEGMENTS,
+    PLAIN,
+    STREAM,
     AccessRefused,
     check_provider,
     resolve,
@@ -363,9 +366,24 @@ REFUSED: list[str] = [
 @pytest.mark.parametrize("path", list(ALLOWED))
 def test_allowed_paths(path: str) -> None:
     args, expected, expected_async = ALLOWED[path]
-    func, is_async = resolve(Provider(), path)
-    assert is_async is expected_async
+    func, kind = resolve(Provider(), path)
+    assert kind == (ASYNC if expected_async else PLAIN)
     assert run(func(*args)) == expected
+
+
+def test_an_async_generator_method_is_a_stream() -> None:
+    class Ticker:
+        async def ticks(self, n: int) -> AsyncIterator[int]:
+            for i in range(n):
+                yield i
+
+    func, kind = resolve(Ticker(), "ticks")
+    assert kind == STREAM
+
+    async def collect() -> list[int]:
+        return [item async for item in func(3)]
+
+    assert asyncio.run(collect()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("path", REFUSED, ids=repr)
@@ -418,8 +436,8 @@ def test_subclass_classmethod_binds_to_the_subclass() -> None:
 def test_resolution_is_repeatable() -> None:
     provider = Provider()
     for _ in range(3):
-        func, is_async = resolve(provider, "nested.amethod")
-        assert is_async is True
+        func, kind = resolve(provider, "nested.amethod")
+        assert kind == ASYNC
         assert run(func()) == "nested.amethod"
         with pytest.raises(AccessRefused):
             resolve(provider, "os.system")
@@ -427,12 +445,12 @@ def test_resolution_is_repeatable() -> None:
 
 def test_is_async() -> None:
     provider = Provider()
-    assert resolve(provider, "method")[1] is False
-    assert resolve(provider, "amethod")[1] is True
-    assert resolve(provider, "static")[1] is False
-    assert resolve(provider, "astatic")[1] is True
-    assert resolve(provider, "klass")[1] is False
-    assert resolve(provider, "aklass")[1] is True
+    assert resolve(provider, "method")[1] == PLAIN
+    assert resolve(provider, "amethod")[1] == ASYNC
+    assert resolve(provider, "static")[1] == PLAIN
+    assert resolve(provider, "astatic")[1] == ASYNC
+    assert resolve(provider, "klass")[1] == PLAIN
+    assert resolve(provider, "aklass")[1] == ASYNC
 
 
 def test_instance_attribute_shadowing_a_method_is_refused() -> None:
@@ -485,7 +503,7 @@ def test_dict_provider_inherited_methods_are_refused(path: str) -> None:
 
 def test_dict_provider_own_method_is_allowed() -> None:
     func, is_async = resolve(DictProvider(a=1, b=2), "total")
-    assert is_async is False
+    assert is_async == PLAIN
     assert func() == 3
 
 
@@ -507,7 +525,7 @@ def test_list_provider_own_method_is_allowed() -> None:
 def test_getattribute_override_never_runs() -> None:
     provider = GuardedProvider()
     func, is_async = resolve(provider, "method")
-    assert is_async is False
+    assert is_async == PLAIN
     assert TOUCHED == []
     for path in ["missing", "nested.missing", "_x", "__class__", "os.system", "nested"]:
         with pytest.raises(AccessRefused):

@@ -113,3 +113,28 @@ def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
     }
     assert all(value > 0 for figures in results.values() for value in figures.values())
     assert "| latency cross-node |" in completed.stdout
+
+
+@pytest.mark.timeout(150 * UNIT)
+def test_the_streams_benchmark_runs_and_paused_streams_stay_paused() -> None:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "streams.py"),
+            *("--items", "2000", "--repeat", "1", "--paused", "10"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    for label in ("wsrpc stream", "one call per item", "raw websockets"):
+        assert any(line.startswith("|") and label in line for line in lines), completed.stdout
+    # Ten paused streams made their window of 16 items each, and no more.
+    assert "160 items produced (160 one second later)" in completed.stdout

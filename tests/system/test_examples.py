@@ -202,6 +202,21 @@ def test_push() -> None:
     ]
 
 
+def test_ticker() -> None:
+    # The whole output: the client leaves the live stream after five quotes,
+    # and the server's generator sees it (its finally runs).
+    assert run_example("ticker") == [
+        "[client] ACME #1: 100.25",
+        "[client] ACME #2: 100.50",
+        "[client] ACME #3: 100.00",
+        "[client] ACME #4: 100.25",
+        "[client] ACME #5: 100.50",
+        "[server] ACME stream closed: the reader left",
+        "[client] INITECH history: [41.5, 40.5, 39.5]",
+        "[client] NOPE: KeyError: 'NOPE'",
+    ]
+
+
 def test_threads() -> None:
     lines = run_example("threads")
     # The keys are pbkdf2 outputs: fixed for fixed passwords.

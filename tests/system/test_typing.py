@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 PROGRAM = textwrap.dedent(
     """
+    from collections.abc import AsyncIterator, Iterator
     from typing import Protocol, TypedDict
 
     import wsrpc
+    import wsrpc.sync
 
 
     class Header(TypedDict):
@@ -36,6 +38,14 @@ PROGRAM = textwrap.dedent(
 
         async def add(self, a: int, b: int) -> int: ...
 
+        def ticks(self, n: int) -> AsyncIterator[int]: ...
+
+
+    class SyncCalculatorRemote(Protocol):
+        def add(self, a: int, b: int) -> int: ...
+
+        def ticks(self, n: int) -> Iterator[int]: ...
+
 
     class ClientRemote(Protocol):
         async def on_message(self, text: str) -> None: ...
@@ -44,6 +54,10 @@ PROGRAM = textwrap.dedent(
     class Calculator:
         def add(self, a: int, b: int) -> int:
             return a + b
+
+        async def ticks(self, n: int) -> AsyncIterator[int]:
+            for i in range(n):
+                yield i
 
 
     class Chat:  # a provider that calls its own client back (TGrid's idiom)
@@ -76,6 +90,12 @@ PROGRAM = textwrap.dedent(
         total: int = await calc.add(1, 2)
         root: float = await calc.scientific.sqrt(16.0)
         print(total, root)
+        async for tick in calc.ticks(3):
+            doubled: int = tick * 2
+            print(doubled)
+        sync = wsrpc.sync.WebSocketConnector[None, None, SyncCalculatorRemote](None)
+        for item in sync.get_driver().ticks(3):
+            print(item + 1)
         outcomes = await server.broadcast(lambda remote: remote.on_message("hi"))
         done: list[None] = [outcome.result() for outcome in outcomes]
         print(done)
@@ -130,6 +150,36 @@ def test_forgetting_await_is_an_error() -> None:
     report, status = check("never: int = calc.add(1, 2)")
     assert status == 1
     assert "Coroutine" in report
+
+
+def test_a_wrong_stream_item_type_is_an_error() -> None:
+    report, status = check("async for tick in calc.ticks(3):\n        text: str = tick")
+    assert status == 1
+    assert 'expression has type "int", variable has type "str"' in report
+
+
+def test_a_wrong_stream_argument_type_is_an_error() -> None:
+    report, status = check('async for tick in calc.ticks("3"):\n        print(tick)')
+    assert status == 1
+    assert 'Argument 1 to "ticks" of "CalculatorRemote" has incompatible type "str"' in report
+
+
+def test_awaiting_a_stream_is_an_error() -> None:
+    report, status = check("await calc.ticks(3)")
+    assert status == 1
+    assert 'Incompatible types in "await" (actual type "AsyncIterator[int]"' in report
+
+
+def test_iterating_a_plain_method_is_an_error() -> None:
+    report, status = check("async for x in calc.add(1, 2):\n        print(x)")
+    assert status == 1
+    assert 'has no attribute "__aiter__"' in report
+
+
+def test_a_plain_for_over_an_async_stream_is_an_error() -> None:
+    report, status = check("for x in calc.ticks(3):\n        print(x)")
+    assert status == 1
+    assert 'has no attribute "__iter__"' in report
 
 
 def test_misspelled_method_in_a_broadcast_is_an_error() -> None:
