@@ -21,11 +21,16 @@ import wsrpc
 
 
 class Service:
-    def __init__(self) -> None:
+    def __init__(self, connection_id: int = 0) -> None:
         self.released = asyncio.Event()
+        self._connection_id = connection_id
 
     def pid(self) -> int:
         return os.getpid()
+
+    def connection_id(self) -> int:
+        """The client's ``acceptor.id`` (application-wide with a backplane)."""
+        return self._connection_id
 
     def add(self, a: float, b: float) -> float:
         return a + b
@@ -52,7 +57,7 @@ async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, Service, None]) -> None
     if acceptor.header == "reject me":
         await acceptor.reject(4003, "rejected as asked")
         return
-    await acceptor.accept(Service())
+    await acceptor.accept(Service(acceptor.id))
 
 
 def app() -> tuple[wsrpc.WebSocketServer[Any, Service, None], wsrpc.Handler[Any, Service, None]]:

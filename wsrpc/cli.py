@@ -32,6 +32,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .cluster import RedisBackplane
 from .exceptions import (
     ConnectError,
     ConnectionClosedError,
@@ -79,8 +80,12 @@ sys.path), either
               a WebSocketServer you configured and its handler.
 With --workers N, N processes each import it and open the port with
 reuse_port=True (SO_REUSEPORT, Linux): the kernel spreads new connections
-among them. On SIGTERM or Ctrl-C each stops accepting, lets running calls
-finish for up to --grace seconds, then closes its clients with 1001.
+among them. With --redis URL, each worker's server joins one application
+on that Redis (a handler target only; a factory gives its server the
+backplane itself): connection ids, groups, broadcasts, get_driver(id) and
+disconnect(id) span every worker and machine (see docs/scaling.md). On
+SIGTERM or Ctrl-C each stops accepting, lets running calls finish for up to
+--grace seconds, then closes its clients with 1001.
 """
 
 _logger = logging.getLogger("wsrpc")
@@ -179,8 +184,13 @@ def _run_call(args: argparse.Namespace) -> int:
 # -- serve ------------------------------------------------------------------------
 
 
-def _load(target: str) -> tuple[WebSocketServer[Any, Any, Any], Any]:
-    """The server and handler ``MODULE:ATTR`` names (see :data:`SERVE_EPILOG`)."""
+def _load(
+    target: str, redis: str | None = None, name: str = "wsrpc"
+) -> tuple[WebSocketServer[Any, Any, Any], Any]:
+    """
+    The server and handler ``MODULE:ATTR`` names (see :data:`SERVE_EPILOG`);
+    a handler's server joins the application ``name`` on ``redis`` if given.
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"expected MODULE:ATTR, not {target!r}")
@@ -191,7 +201,14 @@ def _load(target: str) -> tuple[WebSocketServer[Any, Any, Any], Any]:
     for name in attr.split("."):
         obj = getattr(obj, name)
     if inspect.iscoroutinefunction(obj):
-        return WebSocketServer(), obj
+        if redis is None:
+            return WebSocketServer(), obj
+        return WebSocketServer(backplane=RedisBackplane(redis, name=name)), obj
+    if redis is not None:
+        raise ValueError(
+            "--redis serves a handler; a factory configures its own server: "
+            "give it the backplane (WebSocketServer(backplane=RedisBackplane(url)))"
+        )
     if callable(obj):
         made = obj()
         if (
@@ -218,7 +235,7 @@ def _server_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 async def _serve_one(args: argparse.Namespace, reuse_port: bool) -> int:
     """Serve in this process until SIGTERM or SIGINT; then shut down gracefully."""
-    server, handler = _load(args.target)
+    server, handler = _load(args.target, args.redis, args.app)
     context = _server_context(args)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -252,7 +269,7 @@ def _reserve_port(host: str) -> socket.socket:
 def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
     command = [sys.executable, "-m", "wsrpc", "serve", args.target, "--port", str(port)]
     command += ["--host", args.host, "--grace", str(args.grace), "--reuse-port"]
-    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "redis", "app"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", value]
@@ -371,6 +388,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl-certfile", help="serve wss://: certificate chain (PEM)")
     serve.add_argument("--ssl-keyfile", help="its private key (PEM)")
     serve.add_argument("--ssl-ca-certs", help="require client certificates of these CAs (PEM)")
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join an application over Redis (redis:// or rediss://): ids, groups, "
+        "broadcasts and get_driver(id) span every worker and machine (wsrpc[redis])",
+    )
+    serve.add_argument(
+        "--app", default="wsrpc", help="the application's name on Redis (default wsrpc)"
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
 

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.serving_app import Service, handler
 from tests.system.test_examples import stderr_problems
 
 from ..conftest import UNIT, url_of
+from .cluster_helpers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PIPE = asyncio.subprocess.PIPE
@@ -202,6 +204,7 @@ async def test_call_over_tls_with_a_private_ca_and_a_client_certificate(
 
 class ServiceRemote(Protocol):
     async def pid(self) -> int: ...
+    async def connection_id(self) -> int: ...
     async def echo(self, value: object) -> object: ...
     async def hold(self, seconds: float) -> str: ...
 
@@ -280,6 +283,55 @@ async def test_serve_two_workers_on_one_port_stop_on_sigterm() -> None:
         assert lines[-1] == "INFO:     wsrpc supervisor stopped: workers exited with [0, 0]"
     finally:
         await serving.kill()
+
+
+async def test_serve_workers_join_one_application_over_redis() -> None:
+    # --redis: each worker's server joins one application, so connection ids
+    # come from application-wide slots, one per worker (bits 12 to 21).
+    redis = RedisServer()
+    redis.start()
+    serving = await Serving.start(
+        "tests.serving_app:handler", "--port", "0", "--workers", "2", "--redis", redis.url
+    )
+    try:
+        async with asyncio.timeout(60 * UNIT):
+            first = await serving.line("starting 2 workers on port ")
+            port = int(first.rsplit(" ", 1)[1])
+            for _ in range(2):
+                await serving.line("wsrpc serving on")
+            url = f"ws://127.0.0.1:{port}/"
+            ids: dict[int, set[int]] = {}
+            clients = []
+            for _ in range(200):  # until both workers answered
+                client = await connected(url)
+                clients.append(client)
+                remote = client.get_driver()
+                ids.setdefault(await remote.pid(), set()).add(await remote.connection_id())
+                if len(ids) == 2:
+                    break
+            assert len(ids) == 2
+            every = [i for per_worker in ids.values() for i in per_worker]
+            assert len(set(every)) == len(every) == len(clients)
+            slots = {pid: {(i >> 12) & 1023 for i in per_worker} for pid, per_worker in ids.items()}
+            first_slots, second_slots = slots.values()
+            assert len(first_slots) == len(second_slots) == 1 and first_slots != second_slots
+            serving.process.send_signal(signal.SIGTERM)
+            for client in clients:
+                await client.join()
+            assert await serving.process.wait() == 0
+    finally:
+        await serving.kill()
+        redis.stop()
+
+
+def test_serve_redis_needs_a_handler_target() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "wsrpc", "serve", "tests.serving_app:app", "--port", "0",
+         "--redis", "redis://127.0.0.1:1/0"],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60 * UNIT,
+    )  # fmt: skip
+    assert completed.returncode == 1  # as every target that cannot be served
+    assert "a factory configures its own server" in completed.stderr
 
 
 async def test_serve_factory_and_grace_on_sigint() -> None:
