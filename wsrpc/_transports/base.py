@@ -28,9 +28,10 @@ import abc
 import asyncio
 import socket
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 __all__ = [
     "ABNORMAL",
@@ -39,6 +40,7 @@ __all__ = [
     "STALL_CODE",
     "STALL_REASON",
     "TLS_CLOSED",
+    "CallbackChannel",
     "Channel",
     "ChannelClosed",
     "CloseFrameCallback",
@@ -256,6 +258,67 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def request_headers(self) -> Sequence[tuple[str, str]]:
         """The upgrade request's headers as (name, value) pairs, in order."""
+
+
+class CallbackChannel(Channel):
+    """
+    The receiving half that transports delivering by callback share.
+
+    A subclass stores, in slots of its own, the three callbacks, the
+    messages it holds (``_held``, ``_held_size``: those that came before
+    :meth:`start`, and those of a read under way once reading is paused),
+    ``_reading_paused`` and ``_gone``; it calls :meth:`_deliver_held` on
+    resuming and :meth:`_drop_callbacks` when the connection is lost.
+    """
+
+    if not TYPE_CHECKING:
+        # No slots of its own (picows' channel also derives from a Cython
+        # class, whose layout would clash), and no __dict__ either: the
+        # subclasses hold these attributes in their slots. Hidden from mypy,
+        # which would otherwise refuse the assignments below.
+        __slots__ = ()
+
+    _on_message: MessageCallback | None
+    _on_lost: LostCallback | None
+    _on_close_frame: CloseFrameCallback | None
+    _held: deque[bytes | str] | None
+    _held_size: int
+    _reading_paused: bool
+    _gone: bool
+
+    def start(
+        self,
+        on_message: MessageCallback,
+        on_lost: LostCallback,
+        on_close_frame: CloseFrameCallback | None = None,
+    ) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_close_frame = on_close_frame
+        self._deliver_held()
+        if self._gone:
+            self._drop_callbacks()
+            on_lost()
+
+    def _drop_callbacks(self) -> None:
+        # They are the owner's methods: kept after the loss, they would tie
+        # the owner and this channel into a cycle, and a closed connection's
+        # memory would wait for a full garbage collection.
+        self._on_message = self._on_lost = self._on_close_frame = None
+
+    def _deliver_held(self) -> None:
+        """Deliver held messages, in order, until none is left or reading pauses."""
+        held = self._held
+        while held and not self._reading_paused:
+            on_message = self._on_message
+            if on_message is None:
+                return
+            message = held.popleft()
+            self._held_size -= len(message)
+            on_message(message)
+        if self._held is not None and not self._held:
+            self._held = None
+            self._held_size = 0
 
 
 class Listener(abc.ABC):

@@ -85,6 +85,7 @@ from .base import (
     STALL_CODE,
     STALL_REASON,
     TLS_CLOSED,
+    CallbackChannel,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -140,7 +141,7 @@ _SERVER_LOGGER = _PeerErrorsAtInfo(logging.getLogger("picows.server"), {})
 _CLIENT_LOGGER = _PeerErrorsAtInfo(logging.getLogger("picows.client"), {})
 
 
-class PicowsChannel(Channel, WSListener):
+class PicowsChannel(CallbackChannel, WSListener):
     """
     A :class:`Channel` over one picows connection; also its picows listener.
 
@@ -402,40 +403,6 @@ class PicowsChannel(Channel, WSListener):
         # After the answer, as websockets does: close_frames already shows both.
         if self._on_close_frame is not None:
             self._on_close_frame(code, reason)
-
-    def start(
-        self,
-        on_message: MessageCallback,
-        on_lost: LostCallback,
-        on_close_frame: CloseFrameCallback | None = None,
-    ) -> None:
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._on_close_frame = on_close_frame
-        self._deliver_held()
-        if self._gone:
-            self._drop_callbacks()
-            on_lost()
-
-    def _drop_callbacks(self) -> None:
-        # They are the owner's methods: kept after the loss, they would tie
-        # the owner and this channel into a cycle, and a closed connection's
-        # memory would wait for a full garbage collection.
-        self._on_message = self._on_lost = self._on_close_frame = None
-
-    def _deliver_held(self) -> None:
-        """Deliver held messages, in order, until none is left or reading pauses."""
-        held = self._held
-        while held and not self._reading_paused:
-            on_message = self._on_message
-            if on_message is None:
-                return
-            message = held.popleft()
-            self._held_size -= len(message)
-            on_message(message)
-        if self._held is not None and not self._held:
-            self._held = None
-            self._held_size = 0
 
     def pause_reading(self) -> None:
         # Takes effect at once, on the next frame: those picows still has in

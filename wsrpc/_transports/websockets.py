@@ -62,6 +62,7 @@ from .base import (
     STALL_CODE,
     STALL_REASON,
     TLS_CLOSED,
+    CallbackChannel,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -96,7 +97,7 @@ def _shrink_reads(transport: asyncio.BaseTransport) -> None:
         transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
 
 
-class WebsocketsChannel(Channel):
+class WebsocketsChannel(CallbackChannel):
     """A :class:`Channel` over one websockets connection."""
 
     __slots__ = (
@@ -149,40 +150,6 @@ class WebsocketsChannel(Channel):
         self._closing = False  # the closing handshake began (or an EOF came)
 
     # -- receiving ------------------------------------------------------------
-
-    def start(
-        self,
-        on_message: MessageCallback,
-        on_lost: LostCallback,
-        on_close_frame: CloseFrameCallback | None = None,
-    ) -> None:
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._on_close_frame = on_close_frame
-        self._deliver_held()
-        if self._gone:
-            self._drop_callbacks()
-            on_lost()
-
-    def _drop_callbacks(self) -> None:
-        # They are the owner's methods: kept after the loss, they would tie
-        # the owner and this channel into a cycle, and a closed connection's
-        # memory would wait for a full garbage collection.
-        self._on_message = self._on_lost = self._on_close_frame = None
-
-    def _deliver_held(self) -> None:
-        """Deliver held messages, in order, until none is left or reading pauses."""
-        held = self._held
-        while held and not self._reading_paused:
-            on_message = self._on_message
-            if on_message is None:
-                return
-            message = held.popleft()
-            self._held_size -= len(message)
-            on_message(message)
-        if self._held is not None and not self._held:
-            self._held = None
-            self._held_size = 0
 
     def _data_frame(self, frame: Frame) -> None:
         """A data frame arrived (from the connection's protocol callback)."""
