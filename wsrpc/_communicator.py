@@ -91,10 +91,8 @@ _serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.
 """The communicator and the incoming call id the current task is serving."""
 
 
-DECODE_BUDGET = 0.1
-"""Seconds of decoding one connection may cost per :data:`DECODE_WINDOW` (10 %)."""
 DECODE_WINDOW = 1.0
-"""Seconds over which :data:`DECODE_BUDGET` is counted."""
+"""Seconds over which the ``decode_budget`` option is counted."""
 _TIMED_ABOVE = 256
 """Messages over this many bytes have their decoding timed; smaller ones cost
 at most tens of microseconds, like the handling of any message."""
@@ -143,6 +141,7 @@ class Communicator:
         ping_timeout: float | None,
         call_error_log_level: int,
         close_timeout: float,
+        decode_budget: float | None,
         on_closed: Callable[[CloseInfo], Awaitable[None]],
         on_close_frame: CloseFrameCallback | None = None,
         early: Sequence[bytes | str] = (),
@@ -164,6 +163,7 @@ class Communicator:
         self._call_timeout = call_timeout
         self._error_level = call_error_log_level
         self._close_timeout = close_timeout
+        self._decode_budget = decode_budget
         self._label = label
         self._on_closed: Callable[[CloseInfo], Awaitable[None]] | None = on_closed
         self._loop = asyncio.get_running_loop()
@@ -479,7 +479,7 @@ class Communicator:
         """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
             return  # nobody can answer it any more
-        timed = len(data) > _TIMED_ABOVE
+        timed = len(data) > _TIMED_ABOVE and self._decode_budget is not None
         if timed:
             started = time.perf_counter()
         try:
@@ -535,7 +535,9 @@ class Communicator:
             self._decode_window = started
             self._decode_spent = 0.0
         self._decode_spent += now - started
-        if self._decode_spent > DECODE_BUDGET and not self._decode_throttled:
+        budget = self._decode_budget
+        assert budget is not None  # only timed with a budget
+        if self._decode_spent > budget and not self._decode_throttled:
             # A peer sending frames that are expensive to decode (valid
             # ones: trees of small arrays): read it again when the window ends.
             self._decode_throttled = True

@@ -24,6 +24,7 @@ DEFAULT_PING_TIMEOUT = 20.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
 DEFAULT_STALL_TIMEOUT = 20.0
 DEFAULT_CALL_ERROR_LOG_LEVEL = logging.INFO
+DEFAULT_DECODE_BUDGET = 0.1
 
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> None:
@@ -46,6 +47,7 @@ class Options:
     send_tracebacks: bool = False
     call_timeout: float | None = None
     call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL
+    decode_budget: float | None = DEFAULT_DECODE_BUDGET
     transport: TransportName = "websockets"
 
     def __post_init__(self) -> None:
@@ -63,6 +65,7 @@ class Options:
         check_timeout(self.call_timeout, "call_timeout")
         check_timeout(self.close_timeout, "close_timeout")
         check_timeout(self.stall_timeout, "stall_timeout")
+        check_timeout(self.decode_budget, "decode_budget")
         level = self.call_error_log_level
         if not isinstance(level, int) or isinstance(level, bool) or level > logging.INFO:
             # Any peer can make a provider method raise at will: at WARNING
@@ -79,4 +82,5 @@ class Options:
             "ping_timeout": self.ping_timeout,
             "call_error_log_level": self.call_error_log_level,
             "close_timeout": self.close_timeout,
+            "decode_budget": self.decode_budget,
         }

@@ -29,6 +29,7 @@ from ._hooks import (
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
     DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -96,7 +97,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             None to serve nothing.
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
         close_timeout, stall_timeout, compression, send_tracebacks,
-        call_timeout, call_error_log_level: as for
+        call_timeout, call_error_log_level, decode_budget: as for
             :class:`WebSocketServer`, applied to this client's side.
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
@@ -128,6 +129,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
+        decode_budget: float | None = DEFAULT_DECODE_BUDGET,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -165,6 +167,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
             call_error_log_level=call_error_log_level,
+            decode_budget=decode_budget,
             transport=transport,
         )
         self._state = ConnectorState.NONE

@@ -22,6 +22,7 @@ from ._hooks import run_hook
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
     DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -111,6 +112,11 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             sent their header yet (default 1,000): they cost the server
             memory before anyone is identified. One more is closed with
             1013. Each waits at most ``header_timeout``.
+        decode_budget: Seconds a connection may spend decoding its messages
+            (those over 256 bytes) per second (default 0.1: 10 %); a
+            connection over it is not read until that second ends
+            (back-pressure: one peer sending frames expensive to decode
+            cannot take the event loop from the others). None: no budget.
         call_error_log_level: Level at which a provider method that raises
             is logged, with its traceback, on the ``wsrpc`` logger (default
             ``logging.INFO``; ``logging.DEBUG`` to quieten it). Never above
@@ -151,6 +157,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
+        decode_budget: float | None = DEFAULT_DECODE_BUDGET,
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
         transport: TransportName = "websockets",
@@ -177,6 +184,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
             call_error_log_level=call_error_log_level,
+            decode_budget=decode_budget,
             transport=transport,
         )
         self._state = ServerState.NONE

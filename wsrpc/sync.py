@@ -57,6 +57,7 @@ from . import connector as _aio
 from ._options import (
     DEFAULT_CALL_ERROR_LOG_LEVEL,
     DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_DECODE_BUDGET,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -268,6 +269,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         send_tracebacks: bool = False,
         call_timeout: float | None = None,
         call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL,
+        decode_budget: float | None = DEFAULT_DECODE_BUDGET,
         codec: CodecName | Codec = "msgpack",
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
@@ -286,6 +288,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             send_tracebacks=send_tracebacks,
             call_timeout=call_timeout,
             call_error_log_level=call_error_log_level,
+            decode_budget=decode_budget,
             codec=codec,
             additional_headers=additional_headers,
             transport=transport,

@@ -210,6 +210,7 @@ def communicator(
         "ping_timeout": None,
         "call_error_log_level": 10,
         "close_timeout": 5.0,
+        "decode_budget": None,
         **options,
     }
     return Communicator(channel, protocol, provider, on_closed=closed, **settings), closed
