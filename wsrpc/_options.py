@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from .validation import require
+
 __all__ = ["Options", "TransportName", "check_timeout"]
 
 TransportName = Literal["websockets", "picows"]
@@ -47,8 +49,11 @@ class Options:
     call_timeout: float | None = None
     call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL
     transport: TransportName = "websockets"
+    validate: bool = False
 
     def __post_init__(self) -> None:
+        if self.validate:
+            require()  # ImportError now, at construction, without msgspec
         if self.transport not in get_args(TransportName):
             choices = ", ".join(repr(name) for name in get_args(TransportName))
             raise ValueError(f"transport must be one of {choices}, not {self.transport!r}")
@@ -79,4 +84,5 @@ class Options:
             "ping_timeout": self.ping_timeout,
             "call_error_log_level": self.call_error_log_level,
             "close_timeout": self.close_timeout,
+            "validate": self.validate,
         }

@@ -96,7 +96,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             None to serve nothing.
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
         close_timeout, stall_timeout, compression, send_tracebacks,
-        call_timeout, call_error_log_level: as for
+        call_timeout, call_error_log_level, validate: as for
             :class:`WebSocketServer`, applied to this client's side.
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
@@ -132,6 +132,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
         reconnect: bool | ReconnectPolicy = False,
+        validate: bool = False,
     ) -> None:
         if provider is not None:
             check_provider(provider)
@@ -166,6 +167,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             call_timeout=call_timeout,
             call_error_log_level=call_error_log_level,
             transport=transport,
+            validate=validate,
         )
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None
