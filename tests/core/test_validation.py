@@ -74,6 +74,9 @@ class Provider:
     def raw(self) -> bytes:
         return b"x"
 
+    def many(self, points: list[Point], label: str | None = None) -> int:
+        return len(points)
+
 
 def check(path: str, *args: Any, **kwargs: Any) -> tuple[list[Any], dict[str, Any] | None]:
     func, _ = resolve(Provider(), path)
@@ -168,6 +171,15 @@ def test_rich_type_mismatch_names_the_field() -> None:
     assert message == "argument 'p': Expected `int`, got `str` - at `$.y`"
     message = refused("rich", {"x": 1, "y": 2}, {"item": "tea"}, "green", "2024-01-02T03:04:05Z")
     assert message.startswith("argument 'o': Object missing required field `count`")
+
+
+def test_generic_annotations_report_paths_as_if_unwrapped() -> None:
+    args, _ = check("many", [{"x": 1, "y": 2}], None)
+    assert args == [[Point(1, 2)], None]
+    message = refused("many", [{"x": 1, "y": 2}, {"x": 1, "y": "2"}])
+    assert message == "argument 'points': Expected `int`, got `str` - at `$[1].y`"
+    assert refused("many", "ab") == "argument 'points': Expected `array`, got `str`"
+    assert refused("many", [], label=1) == ("argument 'label': Expected `str | null`, got `int`")
 
 
 def test_constraints_of_annotated_are_checked() -> None:
