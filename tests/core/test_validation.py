@@ -262,4 +262,6 @@ def test_validate_without_msgspec_raises_a_clear_error(monkeypatch: pytest.Monke
         Options(validate=True)
     with pytest.raises(ImportError, match=r"pip install 'wsrpc\[validate\]'"):
         wsrpc.sync.WebSocketConnector(None, validate=True)
+    with pytest.raises(ImportError, match=r"pip install 'wsrpc\[validate\]'"):
+        wsrpc.WebSocketServer(validate=True)
     Options()  # without validation, msgspec is never needed

@@ -51,6 +51,9 @@ class Calculator:
     async def slow_wrong(self) -> int:
         return "3"  # type: ignore[return-value]
 
+    def broken(self, a: Undefined) -> None:  # type: ignore[name-defined]  # noqa: F821
+        self.calls += 1
+
     async def ticks(self, n: int) -> AsyncIterator[int]:
         self.calls += 1
         for i in range(n):
@@ -128,6 +131,23 @@ async def test_a_bad_result_is_refused_and_logged(caplog: pytest.LogCaptureFixtu
         await server.close()
     logged = [r for r in caplog.records if "raised ValidationError" in r.getMessage()]
     assert len(logged) == 2 and all(r.levelno == logging.INFO for r in logged)
+
+
+async def test_annotations_that_do_not_resolve_fail_the_call_as_a_provider_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calc = Calculator()
+    server = await serve(calc)
+    try:
+        async with await connected(server) as connector:
+            with caplog.at_level(logging.INFO, logger="wsrpc"):
+                with pytest.raises(wsrpc.RemoteError) as info:
+                    await connector.get_driver().broken(1)
+            assert info.value.name == "NameError"
+            assert calc.calls == 0
+    finally:
+        await server.close()
+    assert any("raised NameError" in r.getMessage() for r in caplog.records)
 
 
 async def test_stream_arguments_are_checked() -> None:
