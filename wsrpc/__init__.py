@@ -32,6 +32,7 @@ from .exceptions import (
     RemoteError,
     RpcTimeoutError,
     StateError,
+    ValidationError,
     WsrpcError,
 )
 from .groups import Group, Outcome
@@ -84,5 +85,6 @@ __all__ = [
     "RemoteError",
     "RpcTimeoutError",
     "StateError",
+    "ValidationError",
     "WsrpcError",
 ]

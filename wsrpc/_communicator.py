@@ -76,10 +76,12 @@ from .exceptions import (
     RemoteError,
     RpcTimeoutError,
     StateError,
+    ValidationError,
 )
 from .messages import Call, CloseCode, Credit, Error, Item, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
+from .validation import validator_for
 
 __all__ = ["MAX_CREDIT", "STREAM_WINDOW", "Communicator", "Stream", "close_info_of"]
 
@@ -116,6 +118,29 @@ def _returning(awaitable: Awaitable[Any]) -> Callable[..., Awaitable[Any]]:
     return lambda *args, **kwargs: awaitable
 
 
+def _checking_plain(func: Callable[..., Any], check: Callable[[Any], Any]) -> Callable[..., Any]:
+    """``func`` with its result checked, or its awaitable's (a decorated coroutine)."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        if type(result) in _PLAIN or not inspect.isawaitable(result):
+            return check(result)
+        return _checking_async(_returning(result), check)()
+
+    return checked
+
+
+def _checking_async(
+    func: Callable[..., Awaitable[Any]], check: Callable[[Any], Any]
+) -> Callable[..., Awaitable[Any]]:
+    """The coroutine function ``func`` with its result checked."""
+
+    async def checked(*args: Any, **kwargs: Any) -> Any:
+        return check(await func(*args, **kwargs))
+
+    return checked
+
+
 def close_info_of(frames: CloseFrames, code: int, reason: str) -> CloseInfo:
     """How a connection ended, once closed; ``code`` and ``reason`` name the cause."""
     received, sent = frames.received, frames.sent
@@ -143,6 +168,7 @@ class Communicator:
         close_timeout: float,
         decode_budget: float | None,
         on_closed: Callable[[CloseInfo], Awaitable[None]],
+        validate: bool = False,
         on_close_frame: CloseFrameCallback | None = None,
         early: Sequence[bytes | str] = (),
         label: str = "",
@@ -162,6 +188,7 @@ class Communicator:
         self._provider: object = provider
         self._call_timeout = call_timeout
         self._error_level = call_error_log_level
+        self._validate = validate
         self._close_timeout = close_timeout
         self._decode_budget = decode_budget
         self._label = label
@@ -624,7 +651,6 @@ class Communicator:
                     )
                 )
                 return
-            self._producers[uid] = _Producer(min(call.credit, MAX_CREDIT))
         elif kind == STREAM:
             self._send_quietly(
                 protocol.send_error(
@@ -637,6 +663,13 @@ class Communicator:
                 )
             )
             return
+        if self._validate:
+            checked = self._validated(call, func, kind)
+            if checked is None:
+                return
+            call, func = checked
+        if call.credit is not None:
+            self._producers[uid] = _Producer(min(call.credit, MAX_CREDIT))
         elif kind == PLAIN:
             # A plain function runs to completion wherever it is called, so
             # calling it here costs no concurrency and saves a task.
@@ -669,6 +702,37 @@ class Communicator:
             # The peer ignores our limit: stop reading until a slot frees.
             self._backlog_full = True
             self._update_reading()
+
+    def _validated(
+        self, call: Call, func: Callable[..., Any], kind: int
+    ) -> tuple[Call, Callable[..., Any]] | None:
+        """
+        ``call`` with its arguments converted, and ``func`` checking its result.
+
+        None when the call is answered already: arguments that do not match
+        the method's annotations get a ValidationError (not logged: the
+        peer's mistake, not ours), annotations we cannot use an error logged
+        like a method's. A result that does not match raises ValidationError
+        from the returned function, so it is logged and answered like any
+        exception of the method (a provider bug).
+        """
+        try:
+            validator = validator_for(func)
+            args, kwargs = validator.arguments(call.args, call.kwargs)
+        except ValidationError as exc:
+            self._send_quietly(self._protocol.send_error(call.uid, exc))
+            return None
+        except Exception as exc:
+            self._log_error(call, exc)
+            self._send_quietly(self._protocol.send_error(call.uid, exc))
+            return None
+        call = Call(call.uid, call.path, args, kwargs, call.parent, call.credit)
+        check = validator.result
+        if check is None or kind == STREAM:
+            return call, func
+        if kind == PLAIN:
+            return call, _checking_plain(func, check)
+        return call, _checking_async(func, check)
 
     def _is_callback(self, call: Call) -> bool:
         """

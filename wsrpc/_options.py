@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from .validation import require
+
 __all__ = ["Options", "TransportName", "check_timeout"]
 
 TransportName = Literal["websockets", "picows"]
@@ -49,8 +51,11 @@ class Options:
     call_error_log_level: int = DEFAULT_CALL_ERROR_LOG_LEVEL
     decode_budget: float | None = DEFAULT_DECODE_BUDGET
     transport: TransportName = "websockets"
+    validate: bool = False
 
     def __post_init__(self) -> None:
+        if self.validate:
+            require()  # ImportError now, at construction, without msgspec
         if self.transport not in get_args(TransportName):
             choices = ", ".join(repr(name) for name in get_args(TransportName))
             raise ValueError(f"transport must be one of {choices}, not {self.transport!r}")
@@ -83,4 +88,5 @@ class Options:
             "call_error_log_level": self.call_error_log_level,
             "close_timeout": self.close_timeout,
             "decode_budget": self.decode_budget,
+            "validate": self.validate,
         }

@@ -28,6 +28,7 @@ from .exceptions import (
     RemoteError,
     RpcTimeoutError,
     StateError,
+    ValidationError,
 )
 from .http import HeadersView
 from .messages import CloseCode
@@ -81,6 +82,9 @@ class ServerSide:
     """Takes the connection out of the registry, and out of its groups."""
     groups_of: Callable[[int], frozenset[str]]
     """The names of the groups a connection belongs to."""
+    check_header: Callable[[Any], Any] | None = None
+    """Converts a client's header to the server's ``Header`` type, or raises
+    ValidationError (``validate=True``); None: headers are taken as they come."""
 
 
 @final
@@ -583,6 +587,16 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         except ProtocolError as exc:
             await channel.close(exc.code, f"bad header: {exc.reason}"[:120])
             return False
+        check = self._side.check_header
+        if check is not None:
+            try:
+                self._header = check(self._header)
+            except ValidationError as exc:
+                # Like a missing header: 1008, with msgspec's account of the
+                # mismatch (cut to fit a close frame's 123 bytes).
+                reason = str(exc).encode()[:120].decode(errors="ignore")
+                await channel.close(CloseCode.POLICY_VIOLATION, reason)
+                return False
         # Closing already: the client sent more than its header at once.
         return not channel.is_closing
 

@@ -97,7 +97,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             None to serve nothing.
         max_message_size, max_concurrent_calls, ping_interval, ping_timeout,
         close_timeout, stall_timeout, compression, send_tracebacks,
-        call_timeout, call_error_log_level, decode_budget: as for
+        call_timeout, call_error_log_level, decode_budget, validate: as for
             :class:`WebSocketServer`, applied to this client's side.
         codec: ``"msgpack"`` (the default) to talk to wsrpc servers,
             ``"tgrid"`` to talk to TGrid servers (JSON in text frames), or a
@@ -134,6 +134,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
         reconnect: bool | ReconnectPolicy = False,
+        validate: bool = False,
     ) -> None:
         if provider is not None:
             check_provider(provider)
@@ -169,6 +170,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             call_error_log_level=call_error_log_level,
             decode_budget=decode_budget,
             transport=transport,
+            validate=validate,
         )
         self._state = ConnectorState.NONE
         self._communicator: Communicator | None = None

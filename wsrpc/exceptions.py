@@ -12,6 +12,9 @@ The tree::
     ├── RejectedError         the server read your header and said no
     ├── ConnectionClosedError a call failed because the connection closed
     ├── RemoteError           the remote method raised, or was refused
+    ├── ValidationError       a value does not match its annotation
+    │                         (validate=True); reaches callers as a
+    │                         RemoteError named "ValidationError"
     ├── RpcTimeoutError       a connect or a call ran out of time
     │                         (also the built-in TimeoutError)
     ├── BackplaneError        the backplane (Redis) cannot be reached: an
@@ -39,6 +42,7 @@ __all__ = [
     "RemoteError",
     "RpcTimeoutError",
     "StateError",
+    "ValidationError",
     "WsrpcError",
 ]
 
@@ -64,6 +68,19 @@ class EncodeError(WsrpcError):
     unsupported type, nesting too deep) or whose encoded message is larger
     than the peer accepts. A provider's return value that cannot be encoded
     reaches the *caller* as a :exc:`RemoteError` named ``"EncodeError"``.
+    """
+
+
+class ValidationError(WsrpcError):
+    """
+    A value does not match the annotation it is checked against (``validate=True``).
+
+    Raised on the side that serves a call, before the method runs (an
+    argument: ``"argument 'a': Expected `int`, got `str`"``) or after it
+    (its result: ``"result: ..."``). It never reaches a caller as itself:
+    the caller gets a :exc:`RemoteError` whose ``name`` is
+    ``"ValidationError"`` and whose ``message`` is this one. A provider may
+    raise it too, to refuse a value in the same way.
     """
 
 

@@ -11,9 +11,11 @@ import asyncio
 import functools
 import logging
 import ssl as _ssl
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast, get_args
 
 from . import _transports
 from ._cluster.backplane import Backplane
@@ -43,6 +45,7 @@ from .groups import Group, Outcome, broadcast, notify
 from .http import HttpHandler
 from .messages import CloseCode
 from .states import CloseInfo, ServerState
+from .validation import value_checker
 
 __all__ = ["ConnectHook", "DisconnectHook", "Handler", "WebSocketServer"]
 
@@ -133,6 +136,17 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         transport: The WebSocket library underneath: ``"websockets"`` (the
             default) or ``"picows"`` (``pip install wsrpc[fast]``; no
             compression, no ``http_handler``). Clients may use either.
+        validate: Check every incoming call's arguments against the
+            provider method's annotations before it runs, strictly (``"1"``
+            is not an ``int``), and its result on the way out; a mismatch
+            reaches the caller as a :exc:`RemoteError` named
+            ``"ValidationError"``. The client's header is checked against
+            ``Header`` too, for a server made as
+            ``WebSocketServer[Header, ...](...)``: a mismatch closes the
+            connection with 1008 ``"invalid header: ..."`` before the
+            handler runs. Default False (its cost: ``docs/validation.md``);
+            needs ``pip install 'wsrpc[validate]'`` (msgspec), else
+            ImportError.
         backplane: Joins this server to the other servers of its
             application, in other processes or on other machines, such as
             :class:`RedisBackplane` (``pip install wsrpc[redis]``): ids are
@@ -161,6 +175,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         origins: Sequence[str | None] | None = None,
         codecs: Sequence[CodecName] = ("msgpack", "tgrid"),
         transport: TransportName = "websockets",
+        validate: bool = False,
         backplane: Backplane | None = None,
     ) -> None:
         check_timeout(header_timeout, "header_timeout")
@@ -186,6 +201,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             call_error_log_level=call_error_log_level,
             decode_budget=decode_budget,
             transport=transport,
+            validate=validate,
         )
         self._state = ServerState.NONE
         self._server: Listener | None = None
@@ -423,6 +439,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         """
         if self._state is not ServerState.NONE:
             raise StateError(f"cannot open: the server is {self._state.value}")
+        self._side = _checking_headers(self, self._side)
         self._state = ServerState.OPENING
         self._handler = handler
         self._http_handler = http_handler
@@ -489,6 +506,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             # Joining the application (claiming a node slot) needs Redis,
             # and this method cannot wait: open() does it.
             raise ValueError("a server with a backplane is served with open(), not asgi() (yet)")
+        self._side = _checking_headers(self, self._side)
         self._handler = handler
         self._asgi = True
         self._state = ServerState.OPEN
@@ -647,6 +665,32 @@ class _Entry:
             await channel.close(CloseCode.GOING_AWAY, "server closing")
             return
         await target(channel)
+
+
+def _checking_headers(server: WebSocketServer[Any, Any, Any], side: ServerSide) -> ServerSide:
+    """
+    ``side`` checking headers against the server's ``Header``, with ``validate=True``.
+
+    ``Header`` is known at run time only for a server made in the subscripted
+    form, ``WebSocketServer[Header, Provider, Remote](...)``: Python then sets
+    ``__orig_class__`` on it (after ``__init__``, hence read here). Without
+    it, headers are not checked, and a warning says so.
+    """
+    if not side.options.validate:
+        return side
+    generic = getattr(server, "__orig_class__", None)
+    if generic is None:
+        warnings.warn(
+            "validate=True checks calls but not headers: make the server as "
+            "WebSocketServer[Header, Provider, Remote](...) to check them too "
+            "(WebSocketServer[Any, ...] to check none without this warning)",
+            stacklevel=3,
+        )
+        return side
+    header_type = get_args(generic)[0]
+    if isinstance(header_type, TypeVar):
+        return side
+    return replace(side, check_header=value_checker(header_type, "invalid header"))
 
 
 def _codec_for_first_frame(

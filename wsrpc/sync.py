@@ -274,6 +274,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         transport: TransportName = "websockets",
         reconnect: bool | ReconnectPolicy = False,
+        validate: bool = False,
     ) -> None:
         self._inner: _aio.WebSocketConnector[HeaderT, ProviderT, Any] = _aio.WebSocketConnector(
             header,
@@ -293,6 +294,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             additional_headers=additional_headers,
             transport=transport,
             reconnect=reconnect,
+            validate=validate,
         )
         self._lock = threading.Lock()
         self._portal: LoopThread | None = None

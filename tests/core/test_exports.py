@@ -28,6 +28,7 @@ EXPECTED_EXCEPTIONS = {
     "RemoteError",
     "RpcTimeoutError",
     "StateError",
+    "ValidationError",
     "WsrpcError",
 }
 

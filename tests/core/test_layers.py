@@ -43,6 +43,7 @@ CORE = {
     "wsrpc.reconnect",
     "wsrpc.states",
     "wsrpc.tgrid",
+    "wsrpc.validation",
 }
 TRANSPORTS = {
     "wsrpc._transports",
