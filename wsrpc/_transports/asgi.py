@@ -56,6 +56,7 @@ from .base import (
     ABNORMAL,
     STALL_CODE,
     STALL_REASON,
+    CallbackChannel,
     Channel,
     ChannelClosed,
     CloseFrameCallback,
@@ -94,7 +95,7 @@ _NO_STATUS = 1005  # what uvicorn reports for a socket that closed without a clo
 _TOO_BIG = 1009
 
 
-class AsgiChannel(Channel):
+class AsgiChannel(CallbackChannel):
     """A :class:`Channel` over one ASGI ``websocket`` scope, once accepted."""
 
     __slots__ = (
@@ -105,8 +106,10 @@ class AsgiChannel(Channel):
         "_drain_waiters",
         "_gone",
         "_held",
+        "_held_size",
         "_in_receive",
         "_loop",
+        "_lost",
         "_max_size",
         "_on_close_frame",
         "_on_lost",
@@ -153,6 +156,7 @@ class AsgiChannel(Channel):
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
         self._held: deque[bytes | str] | None = None  # arrived before start()
+        self._held_size = 0
         self._reading_paused = False
         self._resume: asyncio.Future[None] | None = None  # the reader waits while paused
         self._reader: asyncio.Task[Any] | None = None
@@ -165,7 +169,8 @@ class AsgiChannel(Channel):
         self._pings: set[asyncio.Future[None]] = set()
         self._round_trip: Callable[[], Awaitable[object]] | None = None
         self._closing = False
-        self._gone: asyncio.Future[None] = self._loop.create_future()
+        self._gone = False
+        self._lost: asyncio.Future[None] = self._loop.create_future()  # set with _gone
         self._received: tuple[int, str] | None = None
         self._sent: tuple[int, str] | None = None
         self._peer_first = False
@@ -180,17 +185,17 @@ class AsgiChannel(Channel):
         reader = self._reader = asyncio.current_task()
         assert reader is not None
         try:
-            while not self._gone.done():
+            while not self._lost.done():
                 if self._reading_paused and not self._closing:
                     self._resume = self._loop.create_future()
-                    await asyncio.wait({self._resume, self._gone}, return_when="FIRST_COMPLETED")
+                    await asyncio.wait({self._resume, self._lost}, return_when="FIRST_COMPLETED")
                     self._resume = None
                     continue
                 self._in_receive = True
                 try:
                     event = await self._receive()
                 except asyncio.CancelledError:
-                    if self._gone.done() and reader.cancelling() == self._cancels:
+                    if self._lost.done() and reader.cancelling() == self._cancels:
                         reader.uncancel()  # abort(): stop reading, return
                         return
                     raise
@@ -227,6 +232,7 @@ class AsgiChannel(Channel):
             if self._held is None:
                 self._held = deque()
             self._held.append(data)
+            self._held_size += len(data)
             return
         on_message(data)
 
@@ -243,10 +249,11 @@ class AsgiChannel(Channel):
 
     def _lose(self) -> None:
         """The connection is gone: release everything, tell the owner, once."""
-        if self._gone.done():
+        if self._gone:
             return
         self._closing = True
-        self._gone.set_result(None)
+        self._gone = True
+        self._lost.set_result(None)
         for timer in (self._abort_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
@@ -265,36 +272,11 @@ class AsgiChannel(Channel):
         self._pings.clear()
         self._round_trip = None
         on_lost = self._on_lost
-        self._on_message = self._on_lost = self._on_close_frame = None
+        self._drop_callbacks()
         if on_lost is not None:
             on_lost()
 
     # -- receiving ----------------------------------------------------------------
-
-    def start(
-        self,
-        on_message: MessageCallback,
-        on_lost: LostCallback,
-        on_close_frame: CloseFrameCallback | None = None,
-    ) -> None:
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._on_close_frame = on_close_frame
-        self._deliver_held()
-        if self._gone.done():
-            self._on_message = self._on_lost = self._on_close_frame = None
-            on_lost()
-
-    def _deliver_held(self) -> None:
-        """Deliver held messages, in order, until none is left or reading pauses."""
-        held = self._held
-        while held and not self._reading_paused:
-            on_message = self._on_message
-            if on_message is None:
-                return
-            on_message(held.popleft())
-        if not held:
-            self._held = None
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -363,7 +345,7 @@ class AsgiChannel(Channel):
         return self._out_size > HIGH_WATER
 
     async def drain(self) -> None:
-        if self._out_size > LOW_WATER and not self._gone.done():
+        if self._out_size > LOW_WATER and not self._gone:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
@@ -427,7 +409,7 @@ class AsgiChannel(Channel):
         await self.wait_closed()
 
     def abort(self) -> None:
-        if self._gone.done():
+        if self._gone:
             return
         self._lose()
         self._stop_reader()
@@ -442,7 +424,7 @@ class AsgiChannel(Channel):
             reader.cancel()
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._gone)
+        await asyncio.shield(self._lost)
 
     @property
     def is_closing(self) -> bool:
