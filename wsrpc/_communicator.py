@@ -81,7 +81,7 @@ from .exceptions import (
 from .messages import Call, CloseCode, Credit, Error, Item, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
-from .validation import validator_for
+from .validation import NATIVE_JSON, NATIVE_MSGPACK, ConvertedItems, validator_for
 
 __all__ = ["MAX_CREDIT", "STREAM_WINDOW", "Communicator", "Stream", "close_info_of"]
 
@@ -137,6 +137,15 @@ def _checking_async(
 
     async def checked(*args: Any, **kwargs: Any) -> Any:
         return check(await func(*args, **kwargs))
+
+    return checked
+
+
+def _checking_items(func: Callable[..., Any], check: Callable[[Any], Any]) -> Callable[..., Any]:
+    """The async generator function ``func`` with each item checked."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        return ConvertedItems(func(*args, **kwargs), check)
 
     return checked
 
@@ -717,7 +726,8 @@ class Communicator:
         exception of the method (a provider bug).
         """
         try:
-            validator = validator_for(func)
+            native = NATIVE_MSGPACK if self._protocol.codec.binary else NATIVE_JSON
+            validator = validator_for(func, native)
             args, kwargs = validator.arguments(call.args, call.kwargs)
         except ValidationError as exc:
             self._send_quietly(self._protocol.send_error(call.uid, exc))
@@ -727,8 +737,11 @@ class Communicator:
             self._send_quietly(self._protocol.send_error(call.uid, exc))
             return None
         call = Call(call.uid, call.path, args, kwargs, call.parent, call.credit)
+        if kind == STREAM:
+            item = validator.item
+            return call, (func if item is None else _checking_items(func, item))
         check = validator.result
-        if check is None or kind == STREAM:
+        if check is None:
             return call, func
         if kind == PLAIN:
             return call, _checking_plain(func, check)

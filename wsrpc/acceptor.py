@@ -37,6 +37,7 @@ from .states import AcceptorState, CloseInfo
 
 if TYPE_CHECKING:
     from .server import Handler
+    from .validation import RemoteTypes
 
 __all__ = ["PROBE_PATH", "ServerSide", "WebSocketAcceptor", "loop_of"]
 
@@ -85,6 +86,9 @@ class ServerSide:
     check_header: Callable[[Any], Any] | None = None
     """Converts a client's header to the server's ``Header`` type, or raises
     ValidationError (``validate=True``); None: headers are taken as they come."""
+    remote_types: Mapping[bool, RemoteTypes] | None = None
+    """Converts calls to clients from the server's ``Remote`` (``validate=True``),
+    by whether the codec is binary; None: values are sent as they are."""
 
 
 @final
@@ -266,7 +270,12 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             label=f"connection {self._id} from {self.ip or 'unknown'}",
             **self._options.communicator_kwargs(),
         )
-        self._drivers.open(communicator.call, communicator.stream)
+        types = self._side.remote_types
+        self._drivers.open(
+            communicator.call,
+            communicator.stream,
+            None if types is None else types[protocol.codec.binary].wrap,
+        )
         if channel.needs_round_trip:
             channel.set_round_trip(functools.partial(_probe, communicator, None))
         try:

@@ -14,6 +14,7 @@ no asyncio, no socket, no WebSocket library.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import re
 from typing import Any, Literal, Protocol
@@ -92,6 +93,19 @@ class Codec(Protocol):
         ...
 
 
+def encode_default(obj: object) -> Any:
+    """
+    msgpack's ``default`` hook: what a value msgpack cannot pack travels as.
+
+    msgpack packs timezone-aware datetimes as its timestamp (``datetime=True``);
+    a naive datetime is no instant, so it travels as its ISO 8601 text, as
+    msgspec's msgpack encoder sends it. Anything else cannot be sent.
+    """
+    if isinstance(obj, datetime.datetime):
+        return obj.isoformat()
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"msgpack ext type {code} is not allowed")
 
@@ -120,8 +134,9 @@ class MsgpackCodec:
     Values that travel are msgpack's data model: None, bool, int (64-bit),
     float, str, bytes, lists (tuples are sent as lists) and dicts with str or
     bytes keys (other keys are refused both ways: int keys would let a peer
-    build dicts of colliding hashes). msgpack timestamps decode to float
-    seconds; every other ext type is refused.
+    build dicts of colliding hashes). A timezone-aware ``datetime`` travels
+    as msgpack's timestamp (ext -1) and arrives as a ``datetime`` in UTC; a
+    naive one travels as its ISO 8601 text; every other ext type is refused.
 
     Args:
         max_container_len: Most elements one array or map may declare. None
@@ -156,7 +171,9 @@ class MsgpackCodec:
         # small (the default buffer is 256 KiB) and grows with the largest
         # message. Codec objects are therefore not thread-safe: a server
         # shares one among its connections, all on its event loop.
-        self._packer = msgpack.Packer(use_bin_type=True, datetime=False, buf_size=4096)
+        self._packer = msgpack.Packer(
+            use_bin_type=True, datetime=True, default=encode_default, buf_size=4096
+        )
 
     def encode(self, message: Message) -> bytes:
         kind = type(message)
@@ -338,7 +355,7 @@ def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAI
             obj = _unpack_counted(frame, limit, most)
         elif limit is None:
             obj = msgpack.unpackb(
-                frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=1
+                frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, timestamp=3
             )
         else:
             obj = msgpack.unpackb(
@@ -346,7 +363,7 @@ def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAI
                 raw=False,
                 strict_map_key=True,
                 ext_hook=_refuse_ext,
-                timestamp=1,
+                timestamp=3,
                 max_array_len=limit,
                 max_map_len=limit,
             )
@@ -384,7 +401,7 @@ def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:
         raw=False,
         strict_map_key=True,
         ext_hook=_refuse_ext,
-        timestamp=1,
+        timestamp=3,
         list_hook=count,
         object_hook=count,
         **extra,

@@ -56,6 +56,7 @@ from .messages import CloseCode
 from .protocol import RpcProtocol, Side
 from .reconnect import ReconnectPolicy
 from .states import CloseInfo, ConnectorState
+from .validation import NATIVE_JSON, NATIVE_MSGPACK, RemoteTypes, type_argument
 
 __all__ = ["WebSocketConnector"]
 
@@ -192,6 +193,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
             "the connector is not connected; calls through this driver work once "
             "connect() has returned"
         )
+        # The Remote type, when a wrapper knows it better than type_argument
+        # (wsrpc.sync's connector), and its conversions (validate=True).
+        self._remote: Any = None
+        self._remote_types: RemoteTypes | None = None
         self._url = ""
         self._ssl: _ssl.SSLContext | None = None
         self._response_headers: list[tuple[str, str]] = []
@@ -340,11 +345,26 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         )
         # A reconnecting connector's drivers go through _call_or_wait, for good.
         if self._policy is None:
-            self._drivers.open(communicator.call, communicator.stream)
+            self._drivers.open(communicator.call, communicator.stream, self._conversion())
         else:
-            self._drivers.open(self._call_or_wait, self._stream_or_wait)
+            self._drivers.open(self._call_or_wait, self._stream_or_wait, self._conversion())
         self._state = ConnectorState.OPEN
         self._wake()
+
+    def _conversion(self) -> Any:
+        """
+        With ``validate=True`` and a known ``Remote`` type, what converts the
+        drivers' calls from its annotations (see ``docs/validation.md``).
+        """
+        if not self._options.validate:
+            return None
+        if self._remote_types is None:
+            remote = self._remote if self._remote is not None else type_argument(self, 2)
+            if remote is Any:
+                return None
+            native = NATIVE_MSGPACK if self._codec.binary else NATIVE_JSON
+            self._remote_types = RemoteTypes(remote, native)
+        return self._remote_types.wrap
 
     async def _next_header(self) -> HeaderT:
         """The header for this handshake: the value, or what its callable returns."""

@@ -262,10 +262,15 @@ class Drivers:
     :class:`Link`, which it points at: a cache there would be a cycle.
     """
 
-    __slots__ = ("_link", "_root")
+    __slots__ = ("_link", "_not_open", "_plain", "_root")
 
     def __init__(self, not_open: str) -> None:
+        self._not_open = not_open
         self._link = Link(not_open)
+        # Where calls from elsewhere (:meth:`call`) go: the same link, or,
+        # when the drivers' calls are converted, one that sends values as
+        # they come (they were converted where the call was made).
+        self._plain = self._link
         self._root: Driver | None = None
 
     def get(self, timeout: float | None) -> Driver:
@@ -284,24 +289,45 @@ class Drivers:
             self._root = Driver(self._link, "", None)
         return self._root
 
-    def open(self, call: CallFunction, stream: StreamFunction) -> None:
-        """The connection is open: calls go through ``call``, streams through ``stream``."""
-        self._link.open(call, stream)
+    def open(
+        self,
+        call: CallFunction,
+        stream: StreamFunction,
+        convert: Callable[[CallFunction, StreamFunction], tuple[CallFunction, StreamFunction]]
+        | None = None,
+    ) -> None:
+        """
+        The connection is open: calls go through ``call``, streams through
+        ``stream``; the drivers' own pass through ``convert`` first, when
+        given (see :class:`wsrpc.validation.RemoteTypes`).
+        """
+        if convert is None:
+            self._link.open(call, stream)
+            if self._plain is not self._link:
+                self._plain.open(call, stream)
+            return
+        if self._plain is self._link:
+            self._plain = Link(self._not_open)
+        self._plain.open(call, stream)
+        self._link.open(*convert(call, stream))
 
     def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Coroutine[Any, Any, Any]:
         """
         Call ``path`` as a driver would, with a path from elsewhere (another
-        node): each of its names is checked as driver attributes are.
+        node), sending the values as they are: each of the path's names is
+        checked as driver attributes are.
 
         Raises:
             AttributeError: a name starts or ends with ``_``, or is empty.
         """
         if not all(is_remote_name(name) for name in path.split(".")):
             raise AttributeError(f"{path!r} is not a remote path")
-        return self._link.call(path, args, kwargs, timeout)
+        return self._plain.call(path, args, kwargs, timeout)
 
     def close(self, code: int, reason: str) -> None:
         """The connection is gone: calls fail with ``ConnectionClosedError(code, reason)``."""
         self._link.close(code, reason)
+        if self._plain is not self._link:
+            self._plain.close(code, reason)

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, Self, TypeVar, cast, get_args
+from typing import Any, Generic, Self, TypeVar, cast
 
 from . import _transports
 from ._cluster.backplane import Backplane
@@ -39,13 +39,13 @@ from ._transports.asgi import AsgiApp, make_app
 from ._util import check_close
 from .acceptor import TOKEN, ServerSide, WebSocketAcceptor
 from .codecs import Codec, CodecName, make_codec
-from .driver import Driver, Link
+from .driver import CallFunction, Driver, Link
 from .exceptions import ConnectionClosedError, StateError
 from .groups import Group, Outcome, broadcast, notify
 from .http import HttpHandler
 from .messages import CloseCode
 from .states import CloseInfo, ServerState
-from .validation import value_checker
+from .validation import NATIVE_JSON, NATIVE_MSGPACK, RemoteTypes, type_argument, value_checker
 
 __all__ = ["ConnectHook", "DisconnectHook", "Handler", "WebSocketServer"]
 
@@ -336,16 +336,13 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         # Streams through a connection id are not served (yet): iterating
         # such a call fails at once with StateError, saying so.
         link = Link("streams through server.get_driver(connection_id) are not supported")
-        link.open(
-            functools.partial(
-                _call_by_id,
-                self._registry,
-                self._cluster,
-                connection_id,
-                self._options.call_timeout,
-            ),
-            link.stream,
+        call: CallFunction = functools.partial(
+            _call_by_id, self._registry, self._cluster, connection_id, self._options.call_timeout
         )
+        stream = link.stream
+        if self._side.remote_types is not None:  # validate=True: convert here, once
+            call, stream = self._side.remote_types[True].wrap(call, stream)
+        link.open(call, stream)
         return cast(RemoteT, Driver(link, "", timeout))
 
     async def disconnect(
@@ -439,7 +436,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         """
         if self._state is not ServerState.NONE:
             raise StateError(f"cannot open: the server is {self._state.value}")
-        self._side = _checking_headers(self, self._side)
+        self._side = _typed_side(self, self._side)
         self._state = ServerState.OPENING
         self._handler = handler
         self._http_handler = http_handler
@@ -506,7 +503,7 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             # Joining the application (claiming a node slot) needs Redis,
             # and this method cannot wait: open() does it.
             raise ValueError("a server with a backplane is served with open(), not asgi() (yet)")
-        self._side = _checking_headers(self, self._side)
+        self._side = _typed_side(self, self._side)
         self._handler = handler
         self._asgi = True
         self._state = ServerState.OPEN
@@ -667,30 +664,35 @@ class _Entry:
         await target(channel)
 
 
-def _checking_headers(server: WebSocketServer[Any, Any, Any], side: ServerSide) -> ServerSide:
+def _typed_side(server: WebSocketServer[Any, Any, Any], side: ServerSide) -> ServerSide:
     """
-    ``side`` checking headers against the server's ``Header``, with ``validate=True``.
+    ``side`` checking headers against the server's ``Header`` and converting
+    calls to clients from its ``Remote``, with ``validate=True``.
 
-    ``Header`` is known at run time only for a server made in the subscripted
-    form, ``WebSocketServer[Header, Provider, Remote](...)``: Python then sets
-    ``__orig_class__`` on it (after ``__init__``, hence read here). Without
-    it, headers are not checked, and a warning says so.
+    The type parameters are known at run time only for a server made in the
+    subscripted form, ``WebSocketServer[Header, Provider, Remote](...)``
+    (Python then sets ``__orig_class__`` on it, after ``__init__``, hence
+    read here), or of a subclass of a subscripted one. Without them,
+    headers are not checked, nor calls converted, and a warning says so.
     """
     if not side.options.validate:
         return side
-    generic = getattr(server, "__orig_class__", None)
-    if generic is None:
+    header_type, remote = type_argument(server, 0), type_argument(server, 2)
+    if getattr(server, "__orig_class__", None) is None and header_type is Any and remote is Any:
         warnings.warn(
             "validate=True checks calls but not headers: make the server as "
             "WebSocketServer[Header, Provider, Remote](...) to check them too "
             "(WebSocketServer[Any, ...] to check none without this warning)",
             stacklevel=3,
         )
-        return side
-    header_type = get_args(generic)[0]
-    if isinstance(header_type, TypeVar):
-        return side
-    return replace(side, check_header=value_checker(header_type, "invalid header"))
+    check_header = None if header_type is Any else value_checker(header_type, "invalid header")
+    remote_types = None
+    if remote is not Any:
+        remote_types = {
+            True: RemoteTypes(remote, NATIVE_MSGPACK),
+            False: RemoteTypes(remote, NATIVE_JSON),
+        }
+    return replace(side, check_header=check_header, remote_types=remote_types)
 
 
 def _codec_for_first_frame(

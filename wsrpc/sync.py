@@ -75,6 +75,7 @@ from .exceptions import ConnectionClosedError, RemoteError, RpcTimeoutError, Sta
 from .messages import CloseCode
 from .reconnect import ReconnectPolicy
 from .states import AcceptorState, CloseInfo, ConnectorState
+from .validation import type_argument
 
 __all__ = ["SyncDriver", "SyncStream", "ThreadsafeAcceptor", "WebSocketConnector"]
 
@@ -385,6 +386,10 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 portal.stop()
 
     async def _connect(self, url: str, timeout: float | None, ssl: _ssl.SSLContext | None) -> None:
+        # The Remote type parameter is this object's (validate=True converts from it).
+        remote = type_argument(self, 2)
+        if remote is not Any:
+            self._inner._remote = remote
         await self._inner.connect(url, timeout=timeout, ssl=ssl)
         self._watcher = asyncio.get_running_loop().create_task(self._stop_when_closed())
 

@@ -1,25 +1,43 @@
 """
-Checking calls against a provider method's annotations (``validate=True``).
+Types on the wire (``validate=True``): checking and converting values
+against annotations, on both sides of a call.
 
-For each provider method a :class:`Validator` is built once, from
-:func:`typing.get_type_hints` and :func:`inspect.signature`, and cached by
-the function. It
+**The side that runs a method** checks each incoming call against the
+method's annotations. For each provider method a :class:`Validator` is
+built once, from :func:`typing.get_type_hints` and
+:func:`inspect.signature`, and cached by the function. It
 
 * maps the positional and keyword arguments of an incoming call to the
   method's parameters, refusing unknown, missing and extra ones;
 * converts each annotated argument with ``msgspec.convert(value, type,
   strict=True)``: a value whose wire form is not the annotated type's is
-  refused, not coerced (``"1"`` is not an ``int``), while a rich type gets
-  its value built from its wire form (a dataclass or ``TypedDict`` from a
-  map, an ``Enum`` from its value, a ``datetime`` from its ISO 8601 text);
-  unannotated and ``Any`` parameters are passed as they came;
-* checks the result against the return annotation on the way out, and
-  turns a rich result into plain data for the wire (``msgspec.to_builtins``).
+  refused, not coerced (``"1"`` is not an ``int``, a base64 string is not
+  ``bytes``), while a rich type gets its value built from its wire form (a
+  dataclass or ``TypedDict`` from a map, an ``Enum`` from its value, a
+  ``UUID`` or ``Decimal`` from its text, a tuple from an array, a
+  ``dict[int, str]`` from a map of ``"1"``-style keys); unannotated and
+  ``Any`` parameters are passed as they came;
+* checks the result (or, for an async generator annotated
+  ``AsyncIterator[T]``, each item) against the return annotation on the way
+  out, and turns a rich value into its wire form (:func:`wire_form`).
+
+**The side that calls** converts from the remote Protocol's annotations
+(:class:`RemoteTypes`, given the ``Remote`` type parameter): arguments of a
+rich type go out in their wire form, and a result (or stream item) whose
+annotation is a rich type is built from its wire form, strictly, so that
+``await driver.now()`` annotated ``-> datetime`` returns a ``datetime``.
+Values of plain types (``int``, ``str``, ``list[float]``, ...) travel as
+themselves and are not touched on this side: the side that runs the method
+checks them.
+
+The wire forms are in ``docs/protocol.md`` ("Rich types"); a datetime with
+a timezone is msgpack's timestamp, which the codec itself packs.
 
 A mismatch raises :exc:`~wsrpc.exceptions.ValidationError`, whose message
 names the parameter (``"argument 'a': Expected `int`, got `str`"``) or the
-result (``"result: ..."``); the caller receives it as a
-:exc:`~wsrpc.exceptions.RemoteError` named ``"ValidationError"``.
+result (``"result: ..."``); the caller of a method that refused its
+arguments receives it as a :exc:`~wsrpc.exceptions.RemoteError` named
+``"ValidationError"``.
 
 msgspec is an optional dependency (``pip install 'wsrpc[validate]'``),
 imported on first use: :func:`require` checks for it when an option asks
@@ -32,17 +50,36 @@ no asyncio, no socket, no WebSocket library.
 from __future__ import annotations
 
 import collections.abc as abc
+import datetime
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from .exceptions import ValidationError
+from .driver import CallFunction, DeferredStream, StreamFunction
+from .exceptions import EncodeError, ValidationError
 
-__all__ = ["Validator", "require", "validator_for", "value_checker"]
+__all__ = [
+    "NATIVE_JSON",
+    "ConvertedItems",
+    "NATIVE_MSGPACK",
+    "RemoteTypes",
+    "Validator",
+    "require",
+    "type_argument",
+    "validator_for",
+    "value_checker",
+    "wire_form",
+]
 
 INSTALL_HINT = "validate=True needs msgspec: pip install 'wsrpc[validate]'"
+
+NATIVE_MSGPACK: tuple[type, ...] = (bytes, bytearray, datetime.datetime)
+"""Types the msgpack codec sends as themselves (a datetime as the timestamp
+ext, or its ISO text if naive); :func:`wire_form` leaves them alone."""
+NATIVE_JSON: tuple[type, ...] = ()
+"""The same for TGrid's JSON codec: none (bytes go as base64, datetimes as text)."""
 
 _msgspec: Any = None
 """The msgspec module, once imported."""
@@ -53,9 +90,22 @@ _EXACT = frozenset({int, str, bytes, bool})
 # Annotations whose values are plain data for the codec as they are.
 _PLAIN_LEAVES = frozenset({int, float, str, bytes, bool, type(None), Any})
 _PLAIN_ORIGINS = frozenset({list, tuple, dict, typing.Union, types.UnionType, typing.Literal})
+# Map keys the wire carries (docs/protocol.md): other keys travel as text.
+_PLAIN_KEYS = frozenset({str, bytes, Any})
+# What a stream's annotations are: an async generator's, or, in a Protocol
+# for wsrpc.sync, the blocking iterator its driver returns.
+_STREAMS = frozenset({
+    abc.AsyncIterator, abc.AsyncIterable, abc.AsyncGenerator,
+    abc.Iterator, abc.Iterable, abc.Generator,
+})  # fmt: skip
+_AWAITABLES = frozenset({abc.Awaitable, abc.Coroutine})
+
+# Convert as a decoder would: strictly; bytes only from bin (never base64
+# text); map keys from their text ("1" for a dict[int, ...]).
+_CONVERT = {"strict": True, "builtin_types": (bytes,), "str_keys": True}
 
 _CACHE_SIZE = 4096
-_validators: dict[tuple[Callable[..., Any], bool], Validator] = {}
+_validators: dict[tuple[Callable[..., Any], bool, tuple[type, ...]], Validator] = {}
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -77,6 +127,24 @@ def require() -> Any:
     return _msgspec
 
 
+def wire_form(value: Any, native: tuple[type, ...] = NATIVE_MSGPACK) -> Any:
+    """
+    ``value`` as plain data for a codec whose own types are ``native``.
+
+    Dataclasses and ``msgspec.Struct`` become maps, ``Enum`` members their
+    values, ``UUID``, ``Decimal``, ``date`` and ``time`` their text, sets
+    and tuples arrays, and the keys of a map that are not ``str`` or
+    ``bytes`` their text (``{1: "a"}`` travels as ``{"1": "a"}``).
+
+    Raises:
+        EncodeError: a value of a type that has no wire form.
+    """
+    try:
+        return require().to_builtins(value, builtin_types=native, str_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"cannot encode: {exc}") from None
+
+
 def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
     """A function converting a value to ``tp`` strictly, or None to pass values as is."""
     if tp is Any or tp is object:
@@ -90,7 +158,7 @@ def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
             if type(value) is tp:
                 return value
             try:
-                return convert(value, tp, strict=True)
+                return convert(value, tp, **_CONVERT)
             except failed as exc:
                 raise ValidationError(f"{what}: {exc}") from None
 
@@ -98,7 +166,7 @@ def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
 
     def general(value: Any) -> Any:
         try:
-            return convert(value, tp, strict=True)
+            return convert(value, tp, **_CONVERT)
         except failed as exc:
             raise ValidationError(f"{what}: {exc}") from None
         except TypeError as exc:
@@ -114,7 +182,7 @@ def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
 
     def wrapped(value: Any) -> Any:
         try:
-            return convert([value], wrapper, strict=True).value
+            return convert([value], wrapper, **_CONVERT).value
         except failed as exc:
             # Paths as if unwrapped: "at `$[0].y`" is "at `$.y`".
             message = str(exc).replace(" - at `$[0]`", "").replace("`$[0]", "`$")
@@ -125,16 +193,102 @@ def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
     return wrapped
 
 
-def _is_plain(tp: Any) -> bool:
-    """Whether values of ``tp`` are already plain data the codec encodes."""
+def _is_plain(tp: Any, tuples: bool = True) -> bool:
+    """
+    Whether values of ``tp`` are plain data the codec carries as themselves.
+
+    With ``tuples=False``, whether they also arrive as themselves: a tuple
+    goes out as an array but comes back a list.
+    """
     if tp in _PLAIN_LEAVES:
         return True
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return all(type(arg) in _PLAIN_LEAVES for arg in typing.get_args(tp))
-    if origin not in _PLAIN_ORIGINS:
+    if origin not in _PLAIN_ORIGINS or (origin is tuple and not tuples):
         return False
-    return all(arg is Ellipsis or _is_plain(arg) for arg in typing.get_args(tp))
+    arguments = typing.get_args(tp)
+    if origin is dict and arguments and not _is_key(arguments[0]):
+        return False
+    return all(arg is Ellipsis or _is_plain(arg, tuples) for arg in arguments)
+
+
+def _is_key(tp: Any) -> bool:
+    """Whether map keys of type ``tp`` are ones the wire carries as themselves."""
+    if tp in _PLAIN_KEYS:
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return all(type(arg) in (str, bytes) for arg in typing.get_args(tp))
+    return False
+
+
+def _encoder(tp: Any, what: str, native: tuple[type, ...]) -> Callable[[Any], Any] | None:
+    """A function giving a value of ``tp`` its wire form; None if it is plain data."""
+    if _is_plain(tp):
+        return None
+    to_builtins = require().to_builtins
+
+    def encode(value: Any) -> Any:
+        try:
+            return to_builtins(value, builtin_types=native, str_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(f"cannot encode {what}: {exc}") from None
+
+    return encode
+
+
+def _outgoing(tp: Any, what: str, native: tuple[type, ...]) -> Callable[[Any], Any] | None:
+    """Checks a value of ``tp`` and gives it its wire form (results and items)."""
+    check = _converter(tp, what)
+    if check is None or _is_plain(tp):
+        return check
+    to_builtins = require().to_builtins
+
+    def rich(value: Any) -> Any:
+        return to_builtins(check(value), builtin_types=native, str_keys=True)
+
+    return rich
+
+
+def _returned(tp: Any) -> tuple[Any, Any]:
+    """
+    What a return annotation says comes back: ``(result type, item type)``.
+
+    ``AsyncIterator[T]`` (and ``AsyncIterable``, ``AsyncGenerator``, and
+    the blocking ``Iterator`` of a ``wsrpc.sync`` Protocol) is a stream of
+    ``T``: no result; ``Awaitable[T]`` and ``Coroutine[..., T]`` (a Protocol
+    written with plain ``def``) are ``T``. ``Any`` stands for "not checked".
+    """
+    origin = typing.get_origin(tp) or tp
+    arguments = typing.get_args(tp)
+    if origin in _STREAMS:
+        return Any, arguments[0] if arguments else Any
+    if origin in _AWAITABLES:
+        return (arguments[-1] if arguments else Any), Any
+    if tp is None or tp is type(None):
+        return Any, Any
+    return tp, Any
+
+
+def type_argument(obj: object, index: int) -> Any:
+    """
+    The ``index``-th type parameter ``obj`` was made with; ``Any`` if unknown.
+
+    Known for an object made in the subscripted form, ``Cls[A, B](...)``
+    (Python sets ``__orig_class__`` on it, after ``__init__``), or whose
+    class subclasses a subscripted one, ``class Mine(Cls[A, B])``. A type
+    variable counts as unknown.
+    """
+    generic = getattr(obj, "__orig_class__", None)
+    candidates = [generic] if generic is not None else []
+    for cls in type(obj).__mro__:
+        candidates.extend(cls.__dict__.get("__orig_bases__", ()))
+    for candidate in candidates:
+        arguments = typing.get_args(candidate)
+        if len(arguments) > index:
+            found = arguments[index]
+            return Any if isinstance(found, typing.TypeVar) else found
+    return Any
 
 
 def value_checker(tp: Any, what: str) -> Callable[[Any], Any] | None:
@@ -163,10 +317,11 @@ class Validator:
         "_required",
         "_var_keyword",
         "_var_positional",
+        "item",
         "result",
     )
 
-    def __init__(self, func: Callable[..., Any], bound: bool) -> None:
+    def __init__(self, func: Callable[..., Any], bound: bool, native: tuple[type, ...]) -> None:
         self._name = getattr(func, "__qualname__", repr(func))
         hints = typing.get_type_hints(func, include_extras=True)
         parameters = list(inspect.signature(func).parameters.values())
@@ -198,20 +353,11 @@ class Validator:
         # Calls of only positional arguments, at least this many, miss none.
         self._needs = max((index + 1 for index, _ in self._required), default=0)
         self._kw_required = any(index < 0 for index, _ in self._required)
-        returns = hints.get("return", Any)
-        self.result: Callable[[Any], Any] | None = None
-        """Converts a result for the wire, or raises; None when it is not checked."""
-        if returns is not None and returns is not type(None) and _returns_value(returns):
-            check = _converter(returns, "result")
-            if check is not None and not _is_plain(returns):
-                to_builtins = require().to_builtins
-                convert = check
-
-                def rich(value: Any) -> Any:
-                    return to_builtins(convert(value), builtin_types=(bytes,))
-
-                check = rich
-            self.result = check
+        result, item = _returned(hints.get("return", Any))
+        self.result: Callable[[Any], Any] | None = _outgoing(result, "result", native)
+        """Checks a result and gives its wire form, or raises; None: not checked."""
+        self.item: Callable[[Any], Any] | None = _outgoing(item, "item", native)
+        """The same for each item of a stream (an async generator's)."""
 
     def arguments(
         self, args: Sequence[Any], kwargs: Mapping[str, Any] | None
@@ -259,37 +405,231 @@ class Validator:
         return converted, new_kwargs
 
 
-def _returns_value(tp: Any) -> bool:
-    """False for generator annotations: a stream's items are not checked (yet)."""
-    origin = typing.get_origin(tp) or tp
-    return origin not in (
-        abc.AsyncIterator,
-        abc.AsyncIterable,
-        abc.AsyncGenerator,
-        abc.Iterator,
-        abc.Iterable,
-        abc.Generator,
-        abc.Awaitable,
-        abc.Coroutine,
-    )
-
-
-def validator_for(func: Callable[..., Any]) -> Validator:
+def validator_for(func: Callable[..., Any], native: tuple[type, ...] = NATIVE_MSGPACK) -> Validator:
     """
-    The validator of ``func`` (a function or a bound method), built once.
+    The validator of ``func`` (a function or a bound method), built once,
+    for a codec that carries ``native`` types as themselves.
 
     Raises:
         ImportError: msgspec is not installed.
         NameError, TypeError: the annotations cannot be resolved or used.
     """
     bound = isinstance(func, types.MethodType)
-    key = (func.__func__ if isinstance(func, types.MethodType) else func, bound)
+    key = (func.__func__ if isinstance(func, types.MethodType) else func, bound, native)
     try:
         return _validators[key]
     except KeyError:
         pass
-    validator = Validator(key[0], bound)
+    validator = Validator(key[0], bound, native)
     if len(_validators) >= _CACHE_SIZE:
         _validators.clear()
     _validators[key] = validator
     return validator
+
+
+# -- the calling side ---------------------------------------------------------------
+
+
+class _Signature:
+    """How calls of one remote method convert: arguments out, result or items in."""
+
+    __slots__ = ("_by_name", "_positional", "_var_keyword", "_var_positional", "item", "result")
+
+    def __init__(self, method: Callable[..., Any], bound: bool, native: tuple[type, ...]) -> None:
+        hints = typing.get_type_hints(method, include_extras=True)
+        parameters = list(inspect.signature(method).parameters.values())
+        if bound and parameters and parameters[0].kind in _POSITIONAL:
+            parameters = parameters[1:]  # self
+        self._positional: list[Callable[[Any], Any] | None] = []
+        self._by_name: dict[str, Callable[[Any], Any] | None] = {}
+        self._var_positional: Callable[[Any], Any] | None = None
+        self._var_keyword: Callable[[Any], Any] | None = None
+        for parameter in parameters:
+            name, kind = parameter.name, parameter.kind
+            encode = _encoder(hints.get(name, Any), f"argument {name!r}", native)
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                self._var_positional = encode
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                self._var_keyword = encode
+            else:
+                if kind in _POSITIONAL:
+                    self._positional.append(encode)
+                if kind is not inspect.Parameter.POSITIONAL_ONLY:
+                    self._by_name[name] = encode
+        if not any(self._positional) and not any(self._by_name.values()):
+            self._positional, self._by_name = [], {}
+        result, item = _returned(hints.get("return", Any))
+        self.result = None if _is_plain(result, tuples=False) else _converter(result, "result")
+        """Builds the annotated result from its wire form; None: the value as it came."""
+        self.item = None if _is_plain(item, tuples=False) else _converter(item, "item")
+        """The same for a stream's items."""
+
+    @property
+    def encodes(self) -> bool:
+        """Whether some argument may need converting for the wire."""
+        return bool(self._positional or self._by_name or self._var_positional or self._var_keyword)
+
+    def encode(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """
+        The arguments in their wire form. Arguments the method does not
+        take are left as they are: the other side refuses them.
+
+        Raises:
+            EncodeError: an argument of a type that has no wire form.
+        """
+        positional = self._positional
+        count = len(positional)
+        rest = self._var_positional
+        out = list(args)
+        for index, value in enumerate(args):
+            encode = positional[index] if index < count else rest
+            if encode is not None:
+                out[index] = encode(value)
+        if kwargs:
+            by_name, other = self._by_name, self._var_keyword
+            converted: dict[str, Any] = {}
+            for name, value in kwargs.items():
+                encode = by_name.get(name, other)
+                converted[name] = value if encode is None else encode(value)
+            kwargs = converted
+        return tuple(out), kwargs
+
+
+def _resolve(remote: Any, path: str) -> tuple[Callable[..., Any], bool] | None:
+    """The method ``path`` names in the Protocol ``remote``, and whether it takes self."""
+    owner = remote
+    *objects, last = path.split(".")
+    for name in objects:
+        if not isinstance(owner, type):
+            return None
+        try:
+            owner = typing.get_type_hints(owner).get(name, getattr(owner, name, None))
+        except Exception:  # an annotation that does not resolve: no conversion
+            return None
+    if not isinstance(owner, type):
+        return None
+    try:
+        static = inspect.getattr_static(owner, last)
+    except AttributeError:
+        return None
+    if isinstance(static, staticmethod):
+        return static.__func__, False
+    if isinstance(static, classmethod):
+        return static.__func__, True
+    return (static, True) if callable(static) else None
+
+
+async def _converted_call(
+    call: CallFunction,
+    signature: _Signature,
+    path: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    if signature.encodes:
+        args, kwargs = signature.encode(args, kwargs)
+    value = await call(path, args, kwargs, timeout)
+    return value if signature.result is None else signature.result(value)
+
+
+class ConvertedItems:
+    """
+    The items of ``inner``, each passed through ``convert``: a stream's items
+    built from their wire form as the caller takes them, or checked as the
+    producer's generator yields them. :meth:`aclose` closes ``inner``.
+    """
+
+    __slots__ = ("_convert", "_inner")
+
+    def __init__(self, inner: AsyncIterator[Any], convert: Callable[[Any], Any]) -> None:
+        self._inner = inner
+        self._convert = convert
+
+    def __aiter__(self) -> ConvertedItems:
+        return self
+
+    async def __anext__(self) -> Any:
+        return self._convert(await self._inner.__anext__())
+
+    async def aclose(self) -> None:
+        """Stop the stream (cancelling it on the peer, if it started)."""
+        close = getattr(self._inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class RemoteTypes:
+    """
+    Conversion of the calls made to one remote Protocol, on the caller's side.
+
+    Made by the acceptor or connector from its ``Remote`` type parameter,
+    when it has ``validate=True``; :meth:`wrap` puts it around the functions
+    that send calls and streams. A path the Protocol does not declare (or
+    whose annotations do not resolve) is sent as it is.
+    """
+
+    __slots__ = ("_native", "_remote", "_signatures")
+
+    def __init__(self, remote: Any, native: tuple[type, ...] = NATIVE_MSGPACK) -> None:
+        require()
+        self._remote = remote
+        self._native = native
+        self._signatures: dict[str, _Signature | None] = {}
+
+    def signature(self, path: str) -> _Signature | None:
+        """The conversions of a call to ``path``; None when there are none to make."""
+        try:
+            return self._signatures[path]
+        except KeyError:
+            pass
+        found = _resolve(self._remote, path)
+        signature: _Signature | None = None
+        if found is not None:
+            try:
+                signature = _Signature(found[0], found[1], self._native)
+            except (NameError, TypeError, ValueError):
+                signature = None  # annotations we cannot use: send as is
+        if signature is not None and not (
+            signature.encodes or signature.result is not None or signature.item is not None
+        ):
+            signature = None
+        if len(self._signatures) >= _CACHE_SIZE:
+            self._signatures.clear()
+        self._signatures[path] = signature
+        return signature
+
+    def wrap(
+        self, call: CallFunction, stream: StreamFunction
+    ) -> tuple[CallFunction, StreamFunction]:
+        """``call`` and ``stream`` converting as the Protocol says."""
+        signature_of = self.signature
+
+        def converted_call(
+            path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        ) -> Coroutine[Any, Any, Any]:
+            signature = signature_of(path)
+            if signature is None:
+                return call(path, args, kwargs, timeout)
+            return _converted_call(call, signature, path, args, kwargs, timeout)
+
+        def converted_stream(
+            path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        ) -> AsyncIterator[Any]:
+            signature = signature_of(path)
+            if signature is None:
+                return stream(path, args, kwargs, timeout)
+            found = signature
+
+            async def opener() -> AsyncIterator[Any]:
+                # Encoded on the first step, so that a bad argument raises
+                # where the stream is iterated, as a failed call does.
+                a, k = found.encode(args, kwargs) if found.encodes else (args, kwargs)
+                items = stream(path, a, k, timeout)
+                return items if found.item is None else ConvertedItems(items, found.item)
+
+            return DeferredStream(opener)
+
+        return converted_call, converted_stream

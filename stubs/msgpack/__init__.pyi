@@ -1,4 +1,5 @@
 # Type stubs for the parts of msgpack (1.x) that wsrpc uses.
+import datetime as _datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,14 @@ class ExtType:
     code: int
     data: bytes
     def __init__(self, code: int, data: bytes) -> None: ...
+
+class Timestamp:
+    seconds: int
+    nanoseconds: int
+    def __init__(self, seconds: int, nanoseconds: int = 0) -> None: ...
+    def to_datetime(self) -> _datetime.datetime: ...
+    @staticmethod
+    def from_datetime(dt: _datetime.datetime) -> Timestamp: ...
 
 class Packer:
     def __init__(

@@ -208,20 +208,50 @@ def timestamp64(seconds: int, nanoseconds: int) -> bytes:
     return b"\xd7\xff" + ((nanoseconds << 34) | seconds).to_bytes(8, "big")
 
 
-def test_msgpack_timestamp_decodes_to_float() -> None:
+def test_msgpack_timestamp_decodes_to_utc_datetime() -> None:
     frame = b"\x93\x03\x01" + timestamp64(5, 500_000_000)
     message = MsgpackCodec().decode(frame)
     assert isinstance(message, Return)
-    assert type(message.value) is float
-    assert message.value == 5.5
+    assert message.value == datetime.datetime(1970, 1, 1, 0, 0, 5, 500_000, tzinfo=datetime.UTC)
+    assert message.value.tzinfo is datetime.UTC
 
 
-def test_nested_timestamp_decodes_to_float() -> None:
+def test_nested_timestamp_decodes_to_datetime() -> None:
     # [RETURN, 1, {"at": [timestamp32(10)]}]
     frame = b"\x93\x03\x01\x81\xa2at\x91" + b"\xd6\xff" + (10).to_bytes(4, "big")
     message = MsgpackCodec().decode(frame)
     assert isinstance(message, Return)
-    assert same(message.value, {"at": [10.0]})
+    assert message.value == {"at": [datetime.datetime(1970, 1, 1, 0, 0, 10, tzinfo=datetime.UTC)]}
+
+
+def test_aware_datetime_travels_as_timestamp_and_arrives_in_utc() -> None:
+    codec = MsgpackCodec()
+    paris = datetime.timezone(datetime.timedelta(hours=1))
+    sent = datetime.datetime(2026, 12, 3, 10, 30, 0, 123_456, tzinfo=paris)
+    frame = codec.encode(Return(1, sent))
+    assert b"\xc7\x0c\xff" in frame or b"\xd7\xff" in frame  # timestamp 96 or 64
+    message = codec.decode(frame)
+    assert isinstance(message, Return)
+    assert message.value == sent  # the same instant...
+    assert message.value.tzinfo is datetime.UTC  # ...in UTC
+
+
+def test_naive_datetime_travels_as_iso_text() -> None:
+    codec = MsgpackCodec()
+    message = codec.decode(codec.encode(Return(1, [datetime.datetime(2026, 12, 3, 10, 30)])))
+    assert isinstance(message, Return)
+    assert message.value == ["2026-12-03T10:30:00"]
+
+
+def test_timestamp_out_of_datetime_range_is_invalid_payload() -> None:
+    # timestamp 96: nanoseconds, then 2**62 seconds (year ~1.5e11).
+    frame = b"\x93\x03\x01\xc7\x0c\xff" + (0).to_bytes(4, "big") + (2**62).to_bytes(8, "big")
+    assert refusal(frame).code == CloseCode.INVALID_PAYLOAD
+
+
+def test_other_objects_still_cannot_be_encoded() -> None:
+    with pytest.raises(EncodeError, match="can not serialize 'date' object"):
+        MsgpackCodec().encode(Return(1, datetime.date(2026, 12, 3)))
 
 
 # -- decode refusals: close code 1003 -------------------------------------------
@@ -519,7 +549,7 @@ UNENCODABLE: list[tuple[str, Any]] = [
     ("set in return", lambda: Return(1, {1, 2})),
     ("complex in return", lambda: Return(1, 1j)),
     ("class in return", lambda: Return(1, int)),
-    ("datetime in return", lambda: Return(1, datetime.datetime(2020, 1, 1))),
+    ("date in return", lambda: Return(1, datetime.date(2020, 1, 1))),
     ("object in call args", lambda: Call(1, "f", [object()])),
     ("int 2**70 in call kwargs", lambda: Call(1, "f", [], {"k": 2**70})),
     ("deep nesting in call args", lambda: Call(1, "f", [_deep()])),

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from ..codecs import check_packed, unpack
+from ..codecs import check_packed, encode_default, unpack
 from ..exceptions import (
     BackplaneError,
     ConnectionClosedError,
@@ -248,7 +248,7 @@ def encode(message: Message, max_size: int) -> bytes:
     else:  # pragma: no cover - exhaustive over Message
         raise TypeError(f"not a backplane message: {message!r}")
     try:
-        data: bytes = msgpack.packb(obj, use_bin_type=True, datetime=False)
+        data: bytes = msgpack.packb(obj, use_bin_type=True, datetime=True, default=encode_default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
     if len(data) > max_size:
