@@ -437,6 +437,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
         if self._state is not ServerState.NONE:
             raise StateError(f"cannot open: the server is {self._state.value}")
         self._side = _typed_side(self, self._side)
+        if self._cluster is not None and self._side.remote_types is not None:
+            self._cluster.remote_types = self._side.remote_types[True]
         self._state = ServerState.OPENING
         self._handler = handler
         self._http_handler = http_handler

@@ -65,6 +65,7 @@ __all__ = [
     "ConvertedItems",
     "NATIVE_MSGPACK",
     "RemoteTypes",
+    "Signature",
     "Validator",
     "require",
     "type_argument",
@@ -430,7 +431,7 @@ def validator_for(func: Callable[..., Any], native: tuple[type, ...] = NATIVE_MS
 # -- the calling side ---------------------------------------------------------------
 
 
-class _Signature:
+class Signature:
     """How calls of one remote method convert: arguments out, result or items in."""
 
     __slots__ = ("_by_name", "_positional", "_var_keyword", "_var_positional", "item", "result")
@@ -523,7 +524,7 @@ def _resolve(remote: Any, path: str) -> tuple[Callable[..., Any], bool] | None:
 
 async def _converted_call(
     call: CallFunction,
-    signature: _Signature,
+    signature: Signature,
     path: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -577,19 +578,19 @@ class RemoteTypes:
         require()
         self._remote = remote
         self._native = native
-        self._signatures: dict[str, _Signature | None] = {}
+        self._signatures: dict[str, Signature | None] = {}
 
-    def signature(self, path: str) -> _Signature | None:
+    def signature(self, path: str) -> Signature | None:
         """The conversions of a call to ``path``; None when there are none to make."""
         try:
             return self._signatures[path]
         except KeyError:
             pass
         found = _resolve(self._remote, path)
-        signature: _Signature | None = None
+        signature: Signature | None = None
         if found is not None:
             try:
-                signature = _Signature(found[0], found[1], self._native)
+                signature = Signature(found[0], found[1], self._native)
             except (NameError, TypeError, ValueError):
                 signature = None  # annotations we cannot use: send as is
         if signature is not None and not (

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import datetime
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -106,9 +108,18 @@ class RedisServer:
 # -- a node ----------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Stamp:
+    """A rich result: the nodes validate, so it travels as a map and is built again."""
+
+    when: datetime.datetime
+    by: str
+
+
 class ClientRemote(Protocol):
     """What the nodes call on the test's clients."""
 
+    async def later(self, when: datetime.datetime, days: int) -> Stamp: ...
     async def echo(self, value: Any) -> Any: ...
     async def whoami(self) -> str: ...
     async def hang(self) -> None: ...
@@ -143,8 +154,9 @@ class NodeService:
 
 
 async def _node(pipe: multiprocessing.connection.Connection, redis_url: str, name: str) -> None:
-    server: wsrpc.WebSocketServer[Any, NodeService, ClientRemote] = wsrpc.WebSocketServer(
-        backplane=wsrpc.RedisBackplane(redis_url, name=name, socket_timeout=UNIT)
+    # Subscripted and validating: calls to clients convert from ClientRemote.
+    server = wsrpc.WebSocketServer[Any, NodeService, ClientRemote](
+        backplane=wsrpc.RedisBackplane(redis_url, name=name, socket_timeout=UNIT), validate=True
     )
 
     async def handler(acceptor: wsrpc.WebSocketAcceptor[Any, NodeService, ClientRemote]) -> None:
@@ -203,6 +215,15 @@ async def _command(
         group, value, timeout = args
         outcomes = await server.group(group).broadcast(
             lambda client: client.echo(value), timeout=timeout
+        )
+        return [
+            (o.acceptor_id, o.value, None if o.error is None else type(o.error).__name__)
+            for o in outcomes
+        ]
+    if command == "broadcast_later":
+        group, when, timeout = args
+        outcomes = await server.group(group).broadcast(
+            lambda client: client.later(when, 1), timeout=timeout
         )
         return [
             (o.acceptor_id, o.value, None if o.error is None else type(o.error).__name__)

@@ -9,6 +9,7 @@ clients connect from the test process. See ``tests/cluster_helpers.py``.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from tests.conftest import UNIT
 from wsrpc._cluster import wire
 from wsrpc._cluster.registry import HEARTBEAT_INTERVAL, NODE_TTL, record
 
-from .cluster_helpers import ClientRemote, Node, NodeError, RedisServer, start_nodes
+from .cluster_helpers import ClientRemote, Node, NodeError, RedisServer, Stamp, start_nodes
 
 NAME = "wsrpc-test"
 DEATH_BOUND = NODE_TTL + 2 * HEARTBEAT_INTERVAL + 2 * UNIT
@@ -69,6 +70,10 @@ class Client:
     def fail(self) -> None:
         raise ValueError("as asked")
 
+    def later(self, when: datetime.datetime, days: int) -> Stamp:
+        assert type(when) is datetime.datetime
+        return Stamp(when + datetime.timedelta(days=days), self.name)
+
     async def callback(self, value: int) -> int:
         # Calls its node, which calls this client back: both directions.
         result: int = await self.server.bounce(value)
@@ -78,9 +83,11 @@ class Client:
 Connector = wsrpc.WebSocketConnector[None, Client, ServiceRemote]
 
 
-async def connect(node: Node, name: str, *groups: str) -> tuple[Connector, Client, int]:
+async def connect(
+    node: Node, name: str, *groups: str, validate: bool = False
+) -> tuple[Connector, Client, int]:
     client = Client(name)
-    connector: Connector = wsrpc.WebSocketConnector(None, client)
+    connector: Connector = wsrpc.WebSocketConnector(None, client, validate=validate)
     await connector.connect(node.url, timeout=10 * UNIT)
     client.server = connector.get_driver()
     for group in groups:
@@ -223,6 +230,30 @@ async def test_get_driver_reaches_a_client_on_another_node(nodes: list[Node]) ->
         with pytest.raises(NodeError) as raised:
             await a.ask("call", id_b, "_private", (), None)
         assert raised.value.kind == "AttributeError"  # refused by the driver, as locally
+    finally:
+        await close_all([conn_a, conn_b])
+
+
+async def test_rich_types_cross_nodes_and_are_built_where_the_call_was_made(
+    nodes: list[Node],
+) -> None:
+    # The nodes validate (cluster_helpers): a Stamp result travels from the
+    # client to its node, over Redis to the calling node, as a map, and is
+    # built there from ClientRemote's annotation; the datetime argument
+    # travels as a msgpack timestamp the whole way.
+    a, b, _ = nodes
+    conn_a, _, id_a = await connect(a, "rich-a", "rich", validate=True)
+    conn_b, _, id_b = await connect(b, "rich-b", "rich", validate=True)
+    when = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
+    later = when + datetime.timedelta(days=1)
+    try:
+        assert await a.ask("call", id_b, "later", (when, 1), None) == Stamp(later, "rich-b")
+        assert await a.ask("call", id_a, "later", (when, 1), None) == Stamp(later, "rich-a")
+        outcomes = await b.ask("broadcast_later", "rich", when, 5 * UNIT)
+        assert sorted(outcomes, key=lambda o: o[0]) == sorted(
+            [(id_a, Stamp(later, "rich-a"), None), (id_b, Stamp(later, "rich-b"), None)],
+            key=lambda o: o[0],
+        )
     finally:
         await close_all([conn_a, conn_b])
 

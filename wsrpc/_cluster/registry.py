@@ -50,6 +50,7 @@ from ..exceptions import (
     EncodeError,
     ProtocolError,
     RpcTimeoutError,
+    ValidationError,
 )
 from ..groups import Outcome, broadcast, notify
 from ..messages import CloseCode
@@ -59,6 +60,7 @@ from .backplane import Backplane
 
 if TYPE_CHECKING:
     from ..acceptor import WebSocketAcceptor
+    from ..validation import RemoteTypes, Signature
 
 __all__ = [
     "DEFAULT_REMOTE_TIMEOUT",
@@ -185,6 +187,24 @@ def record(call: Callable[[Any], object]) -> tuple[str, list[Any], dict[str, Any
     return recorded.path, list(recorded.args), dict(recorded.kwargs) or None
 
 
+def _encoded(
+    signature: Signature, args: list[Any], kwargs: dict[str, Any] | None
+) -> tuple[list[Any], dict[str, Any] | None]:
+    """A broadcast's recorded arguments in their wire form (raises EncodeError)."""
+    encoded_args, encoded_kwargs = signature.encode(tuple(args), kwargs or {})
+    return list(encoded_args), encoded_kwargs or None
+
+
+def _converted(outcome: Outcome[Any], convert: Callable[[Any], Any]) -> Outcome[Any]:
+    """A remote member's outcome with its value built as ``Remote`` says."""
+    if outcome.error is not None:
+        return outcome
+    try:
+        return Outcome(outcome.acceptor_id, convert(outcome.value))
+    except ValidationError as exc:
+        return Outcome(outcome.acceptor_id, error=exc)
+
+
 # -- what waits for other nodes ---------------------------------------------------
 
 
@@ -248,6 +268,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         "_tasks_bg",
         "_token",
         "_written",
+        "remote_types",
     )
 
     def __init__(
@@ -272,6 +293,9 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         self._written: set[str] = set()  # index keys this node wrote
         self._dirty = False  # the index must be rewritten whole
         self._flush = asyncio.Event()
+        self.remote_types: RemoteTypes | None = None
+        """Converts broadcasts' calls from the server's ``Remote`` (``validate=True``),
+        set by the server: arguments here, the other nodes' results back here."""
 
     @property
     def backplane(self) -> Backplane:
@@ -628,12 +652,18 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         """Run ``call`` on every member of ``group`` on every node (None: every connection)."""
         check_timeout(timeout)
         path, args, kwargs = record(call)
+        signature = None if self.remote_types is None else self.remote_types.signature(path)
+        if signature is not None and signature.encodes:
+            args, kwargs = _encoded(signature, args, kwargs)
         if not self._backplane.is_up:
             raise BackplaneError("the backplane is down: cannot reach the other nodes")
         local, remote = await asyncio.gather(
             broadcast(members, call, timeout),
             self._broadcast_remote(group, path, args, kwargs, timeout),
         )
+        convert = None if signature is None else signature.result
+        if convert is not None:  # local members' results were converted by their drivers
+            remote = [_converted(outcome, convert) for outcome in remote]
         return local + remote
 
     def notify(
@@ -646,6 +676,9 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         """Fire and forget ``call`` to the members on every node; return the local count."""
         check_timeout(timeout)
         path, args, kwargs = record(call)
+        signature = None if self.remote_types is None else self.remote_types.signature(path)
+        if signature is not None and signature.encodes:
+            args, kwargs = _encoded(signature, args, kwargs)
         count = notify(self, members, call, timeout)
         message = wire.Broadcast(
             self.slot,
