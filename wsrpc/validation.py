@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import collections.abc as abc
 import datetime
+import functools
 import inspect
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .driver import CallFunction, DeferredStream, StreamFunction
 from .exceptions import EncodeError, ValidationError
@@ -122,6 +123,7 @@ def require() -> Any:
     if _msgspec is None:
         try:
             import msgspec
+            import msgspec.inspect  # the guards of :func:`_guard` read types with it
         except ImportError as exc:
             raise ImportError(INSTALL_HINT) from exc
         _msgspec = msgspec
@@ -146,6 +148,182 @@ def wire_form(value: Any, native: tuple[type, ...] = NATIVE_MSGPACK) -> Any:
         raise EncodeError(f"cannot encode: {exc}") from None
 
 
+MAX_INT_KEY_LENGTH = 20
+"""Most characters of the text of an ``int`` map key (a 64-bit integer has at
+most 20): longer ones could be built to share one hash (see :func:`_guard`)."""
+
+
+def _guard(tp: Any, what: str) -> Callable[[Any], None] | None:
+    """
+    A check of raw values to run before they are converted to ``tp``, or
+    None when there is nothing to check: **hash flooding**.
+
+    Converting builds hashed containers: the keys of a dict, the items of a
+    set. The wire's own keys are strings (whose hashes are salted per
+    process); converted ones get the hash of their type, and for ``int``,
+    ``UUID``, ``Decimal``, ``float`` or tuples that hash is the same in every
+    process, so a peer could send 16,384 keys with one hash and make
+    building the dict cost seconds (measured: 4.6 s for ``dict[int, int]``,
+    32 s for ``dict[UUID, int]``). So:
+
+    * ``int`` keys are accepted as text of at most :data:`MAX_INT_KEY_LENGTH`
+      characters: about 80 ints that short share a hash, which costs nothing;
+    * keys and set items of ``str``, ``bytes``, ``bool``, ``Enum``,
+      ``Literal``, ``date``, ``datetime``, ``time`` and ``timedelta`` (salted
+      hashes, or few values) need no check, nor set items of ``int`` (the wire
+      carries only 64-bit ints);
+    * any other key or set item type is refused when the annotation is
+      first used (:exc:`TypeError`, an error of the method, not the call).
+    """
+    inspect_types = require().inspect
+    memo: dict[int, Any] = {}
+    return _guard_of(inspect_types.type_info(tp), what, inspect_types, memo)
+
+
+_SALTED = frozenset({
+    "StrType", "BytesType", "ByteArrayType", "BoolType", "EnumType", "LiteralType",
+    "DateType", "DateTimeType", "TimeType", "TimeDeltaType", "NoneType",
+})  # fmt: skip
+
+
+def _hashed_ok(node: Any, is_key: bool) -> bool:
+    """Whether values of type ``node`` may be built as keys (or set items) from the wire."""
+    name = type(node).__name__
+    if name == "UnionType":
+        return all(_hashed_ok(alternative, is_key) for alternative in node.types)
+    return name in _SALTED or name == "IntType"
+
+
+def _named(node: Any) -> str:
+    """A msgspec type's name as the annotation spells it: ``UUIDType()`` is ``UUID``."""
+    cls = getattr(node, "cls", None)
+    if isinstance(cls, type):
+        return cls.__name__
+    return type(node).__name__.removesuffix("Type")
+
+
+_PENDING: Any = object()
+"""In the memo of :func:`_guard_of`: a type whose guard is being built."""
+
+
+def _guard_of(node: Any, what: str, mi: Any, memo: dict[int, Any]) -> Callable[[Any], None] | None:
+    key = id(node)
+    found = memo.get(key, _MISSING)
+    if found is _PENDING:
+        # A recursive type (a tree of dataclasses): its guard, once built.
+        def recursive(value: Any) -> None:
+            check = memo[key]
+            if check is not None:
+                check(value)
+
+        return recursive
+    if found is not _MISSING:
+        return cast("Callable[[Any], None] | None", found)
+    memo[key] = _PENDING
+    guard = _make_guard(node, what, mi, memo)
+    memo[key] = guard
+    return guard
+
+
+_MISSING: Any = object()
+
+
+def _make_guard(
+    node: Any, what: str, mi: Any, memo: dict[int, Any]
+) -> Callable[[Any], None] | None:
+    if isinstance(node, mi.DictType):
+        if not _hashed_ok(node.key_type, True):
+            raise TypeError(
+                f"{what}: dict keys of type {_named(node.key_type)} cannot be built from the"
+                " network (their hashes can be made to collide); take dict[str, ...]"
+            )
+        int_keys = isinstance(node.key_type, mi.IntType)
+        values = _guard_of(node.value_type, what, mi, memo)
+        if not int_keys and values is None:
+            return None
+
+        def check_dict(value: Any) -> None:
+            if type(value) is not dict:
+                return
+            if int_keys:
+                for name in value:
+                    if type(name) is str and len(name) > MAX_INT_KEY_LENGTH:
+                        raise ValidationError(
+                            f"{what}: an int map key is at most {MAX_INT_KEY_LENGTH} characters"
+                        )
+            if values is not None:
+                for item in value.values():
+                    values(item)
+
+        return check_dict
+    if isinstance(node, (mi.SetType, mi.FrozenSetType)):
+        if not _hashed_ok(node.item_type, False):
+            raise TypeError(
+                f"{what}: set items of type {_named(node.item_type)} cannot be built from the"
+                " network (their hashes can be made to collide); take list[...]"
+            )
+        return None  # items that pass are salted, few, or 64-bit ints
+    if isinstance(node, (mi.ListType, mi.VarTupleType)):
+        items = _guard_of(node.item_type, what, mi, memo)
+        if items is None:
+            return None
+
+        def check_items(value: Any) -> None:
+            if type(value) is list:
+                for item in value:
+                    items(item)
+
+        return check_items
+    if isinstance(node, (mi.TupleType, mi.NamedTupleType)):
+        types_ = (
+            node.item_types
+            if isinstance(node, mi.TupleType)
+            else [field.type for field in node.fields]
+        )
+        positions = [(i, g) for i, t in enumerate(types_) if (g := _guard_of(t, what, mi, memo))]
+        if not positions:
+            return None
+
+        def check_positions(value: Any) -> None:
+            if type(value) is list:
+                for index, check in positions:
+                    if index < len(value):
+                        check(value[index])
+
+        return check_positions
+    if isinstance(node, (mi.DataclassType, mi.TypedDictType, mi.StructType)):
+        fields = [
+            (field.encode_name, index, g)
+            for index, field in enumerate(node.fields)
+            if (g := _guard_of(field.type, what, mi, memo)) is not None
+        ]
+        if not fields:
+            return None
+
+        def check_fields(value: Any) -> None:
+            if type(value) is dict:
+                for name, _, check in fields:
+                    if name in value:
+                        check(value[name])
+            elif type(value) is list:  # an array_like Struct
+                for _, index, check in fields:
+                    if index < len(value):
+                        check(value[index])
+
+        return check_fields
+    if isinstance(node, mi.UnionType):
+        alternatives = [g for t in node.types if (g := _guard_of(t, what, mi, memo)) is not None]
+        if not alternatives:
+            return None
+
+        def check_all(value: Any) -> None:
+            for check in alternatives:
+                check(value)
+
+        return check_all
+    return None
+
+
 def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
     """A function converting a value to ``tp`` strictly, or None to pass values as is."""
     if tp is Any or tp is object:
@@ -153,6 +331,23 @@ def _converter(tp: Any, what: str) -> Callable[[Any], Any] | None:
     msgspec = require()
     convert = msgspec.convert
     failed = msgspec.ValidationError
+    guard = None if _is_plain(tp) else _guard(tp, what)
+    if guard is not None:
+        inner = _converter_unguarded(tp, what, convert, failed)
+        assert inner is not None
+
+        def guarded(value: Any) -> Any:
+            guard(value)
+            return inner(value)
+
+        return guarded
+    return _converter_unguarded(tp, what, convert, failed)
+
+
+def _converter_unguarded(
+    tp: Any, what: str, convert: Any, failed: type[Exception]
+) -> Callable[[Any], Any]:
+    msgspec = require()
     if tp in _EXACT:
 
         def exact(value: Any) -> Any:
@@ -522,6 +717,10 @@ def _resolve(remote: Any, path: str) -> tuple[Callable[..., Any], bool] | None:
     return (static, True) if callable(static) else None
 
 
+async def _raise(exc: Exception) -> Any:
+    raise exc
+
+
 async def _converted_call(
     call: CallFunction,
     signature: Signature,
@@ -587,12 +786,9 @@ class RemoteTypes:
         except KeyError:
             pass
         found = _resolve(self._remote, path)
-        signature: Signature | None = None
-        if found is not None:
-            try:
-                signature = Signature(found[0], found[1], self._native)
-            except (NameError, TypeError, ValueError):
-                signature = None  # annotations we cannot use: send as is
+        # Annotations that cannot be used (a NameError, a refused dict key
+        # type) raise here, at each call, rather than go unconverted.
+        signature = None if found is None else Signature(found[0], found[1], self._native)
         if signature is not None and not (
             signature.encodes or signature.result is not None or signature.item is not None
         ):
@@ -611,7 +807,10 @@ class RemoteTypes:
         def converted_call(
             path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
         ) -> Coroutine[Any, Any, Any]:
-            signature = signature_of(path)
+            try:
+                signature = signature_of(path)
+            except Exception as exc:  # raised where the call is awaited
+                return _raise(exc)
             if signature is None:
                 return call(path, args, kwargs, timeout)
             return _converted_call(call, signature, path, args, kwargs, timeout)
@@ -619,7 +818,10 @@ class RemoteTypes:
         def converted_stream(
             path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
         ) -> AsyncIterator[Any]:
-            signature = signature_of(path)
+            try:
+                signature = signature_of(path)
+            except Exception as exc:  # raised where the stream is iterated
+                return DeferredStream(functools.partial(_raise, exc))
             if signature is None:
                 return stream(path, args, kwargs, timeout)
             found = signature

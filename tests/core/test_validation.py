@@ -5,9 +5,12 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import datetime
+import decimal
 import enum
 import sys
-from typing import Annotated, Any, TypedDict
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Generic, Protocol, TypedDict, TypeVar
 
 import msgspec
 import pytest
@@ -17,6 +20,9 @@ from wsrpc import validation
 from wsrpc._options import Options
 from wsrpc.dispatch import resolve
 from wsrpc.exceptions import ValidationError
+
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 
 class Color(enum.Enum):
@@ -269,3 +275,191 @@ def test_validate_without_msgspec_raises_a_clear_error(monkeypatch: pytest.Monke
     with pytest.raises(ImportError, match=r"pip install 'wsrpc\[validate\]'"):
         wsrpc.WebSocketServer(validate=True)
     Options()  # without validation, msgspec is never needed
+
+
+# -- hash flooding: keys and set items built from the wire ----------------------
+
+P = 2**61 - 1  # ints that differ by P share a hash
+
+
+def test_long_int_keys_are_refused_before_a_dict_is_built() -> None:
+    convert = validation.value_checker(dict[int, int], "argument 'm'")
+    assert convert is not None
+    colliding = {str(1 + k * P): 0 for k in range(16_384)}  # 4.6 s to build unguarded
+    with pytest.raises(ValidationError, match=r"^argument 'm': an int map key is at most 20 "):
+        convert(colliding)
+    assert convert({"1": 2, "-3": 4, str(2**63): 5}) == {1: 2, -3: 4, 2**63: 5}
+
+
+@pytest.mark.parametrize(
+    ("tp", "message"),
+    [
+        (dict[uuid.UUID, int], "dict keys of type UUID"),
+        (dict[decimal.Decimal, int], "dict keys of type Decimal"),
+        (dict[float, int], "dict keys of type Float"),
+        (dict[tuple[int, int], int], "dict keys of type Tuple"),
+        (set[uuid.UUID], "set items of type UUID"),
+        (list[frozenset[decimal.Decimal]], "set items of type Decimal"),
+    ],
+)
+def test_key_types_whose_hashes_collide_are_refused(tp: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=f"^argument 'x': {message} cannot be built from the net"):
+        validation.value_checker(tp, "argument 'x'")
+
+
+@pytest.mark.parametrize(
+    "tp",
+    [dict[str, int], dict[Color, int], dict[datetime.date, int], set[int], set[str]],
+)
+def test_salted_or_bounded_keys_are_accepted(tp: Any) -> None:
+    assert validation.value_checker(tp, "argument 'x'") is not None
+
+
+@dataclasses.dataclass
+class Tree:
+    kids: list[Tree]
+    counts: dict[int, int]
+
+
+def test_keys_are_guarded_inside_recursive_types() -> None:
+    convert = validation.value_checker(Tree, "argument 't'")
+    assert convert is not None
+    leaf = {"kids": [], "counts": {"5": 1}}
+    assert convert({"kids": [leaf], "counts": {}}) == Tree([Tree([], {5: 1})], {})
+    deep = {"kids": [{"kids": [], "counts": {"9" * 21: 1}}], "counts": {}}
+    with pytest.raises(ValidationError, match="int map key is at most 20"):
+        convert(deep)
+
+
+# -- the calling side: RemoteTypes ----------------------------------------------
+
+
+class Stamped(Protocol):
+    async def stamp(self, p: Point, when: datetime.datetime, pair: tuple[int, str]) -> Point: ...
+    async def keyed(self, m: dict[int, str]) -> dict[int, str]: ...
+    async def plain(self, a: int) -> list[int]: ...
+    def points(self, n: int) -> AsyncIterator[Point]: ...
+    async def spread(self, *ids: uuid.UUID, **colors: Color) -> None: ...
+
+
+class Outer(Protocol):
+    inner: Stamped
+
+
+class Wire:
+    """A stand-in for the connection: records what is sent, answers ``reply``."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.sent: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    async def call(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        self.sent.append((path, args, kwargs))
+        return self.reply
+
+    def stream(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        self.sent.append((path, args, kwargs))
+
+        async def items() -> AsyncIterator[Any]:
+            for item in self.reply:
+                yield item
+
+        return items()
+
+
+async def test_arguments_go_in_their_wire_form_and_results_come_back_typed() -> None:
+    wire = Wire({"x": 1, "y": 2})
+    call, _ = validation.RemoteTypes(Outer).wrap(wire.call, wire.stream)
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    got = await call("inner.stamp", (Point(3, 4), when, (1, "a")), {}, None)
+    assert got == Point(1, 2)
+    assert wire.sent == [("inner.stamp", ({"x": 3, "y": 4}, when, (1, "a")), {})]
+
+
+async def test_non_string_keys_travel_as_text_and_come_back() -> None:
+    wire = Wire({"1": "one"})
+    call, _ = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    assert await call("keyed", ({2: "two"},), {}, None) == {1: "one"}
+    assert wire.sent[0][1] == ({"2": "two"},)
+
+
+async def test_variadic_arguments_are_encoded_by_their_annotation() -> None:
+    wire = Wire(None)
+    call, _ = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    await call("spread", (uuid.UUID(int=1),), {"c": Color.RED}, None)
+    assert wire.sent[0][1:] == ((str(uuid.UUID(int=1)),), {"c": "red"})
+
+
+async def test_plain_methods_and_unknown_paths_are_not_wrapped() -> None:
+    wire = Wire(["not", "checked"])
+    call, _ = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    # list[int] is plain data: the side that runs the method checks it.
+    assert await call("plain", (1,), {}, None) == ["not", "checked"]
+    assert await call("nowhere", (Color.RED,), {}, None) == ["not", "checked"]
+    assert wire.sent[1][1] == (Color.RED,)  # not converted: the other side refuses it
+
+
+async def test_a_result_of_the_wrong_form_raises_validation_error() -> None:
+    wire = Wire({"x": "1", "y": 2})
+    call, _ = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    with pytest.raises(ValidationError, match=r"^result: Expected `int`, got `str` - at `\$\.x`"):
+        await call("stamp", (Point(0, 0), datetime.datetime.now(datetime.UTC), (0, "")), {}, None)
+
+
+async def test_an_argument_without_wire_form_is_an_encode_error() -> None:
+    wire = Wire(None)
+    call, _ = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    with pytest.raises(wsrpc.EncodeError, match="argument 'p'"):
+        await call("stamp", (object(), None, None), {}, None)
+    assert wire.sent == []
+
+
+async def test_stream_items_come_back_typed() -> None:
+    wire = Wire([{"x": 1, "y": 1}, {"x": 2, "y": 2}])
+    _, stream = validation.RemoteTypes(Stamped).wrap(wire.call, wire.stream)
+    items = stream("points", (2,), {}, None)
+    assert wire.sent == []  # nothing sent before the first step
+    assert [item async for item in items] == [Point(1, 1), Point(2, 2)]
+
+
+async def test_annotations_the_caller_cannot_use_fail_the_call() -> None:
+    class Bad(Protocol):
+        # Such keys may be sent (the other side refuses them), not built here.
+        async def keyed(self, m: dict[uuid.UUID, int]) -> dict[uuid.UUID, int]: ...
+
+    wire = Wire(None)
+    call, _ = validation.RemoteTypes(Bad).wrap(wire.call, wire.stream)
+    pending = call("keyed", ({},), {}, None)  # raises where it is awaited
+    with pytest.raises(TypeError, match="dict keys of type UUID"):
+        await pending
+    assert wire.sent == []
+
+
+def test_type_argument_reads_the_subscripted_form_and_subclasses() -> None:
+    class Box(Generic[T1, T2]):
+        pass
+
+    class IntBox(Box[int, Point]):
+        pass
+
+    assert validation.type_argument(Box[str, Color](), 1) is Color
+    assert validation.type_argument(IntBox(), 0) is int
+    assert validation.type_argument(Box(), 1) is Any
+    unknown: Box[Any, Any] = Box[T1, T2]()  # type: ignore[valid-type]
+    assert validation.type_argument(unknown, 0) is Any  # a type variable: unknown
+
+
+def test_wire_form() -> None:
+    assert validation.wire_form({1: Point(1, 2), "u": uuid.UUID(int=0)}) == {
+        "1": {"x": 1, "y": 2},
+        "u": "00000000-0000-0000-0000-000000000000",
+    }
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    assert validation.wire_form([when, decimal.Decimal("1.5")]) == [when, "1.5"]
+    assert validation.wire_form(when, validation.NATIVE_JSON) == "2026-01-01T00:00:00Z"
+    with pytest.raises(wsrpc.EncodeError):
+        validation.wire_form(object())

@@ -173,9 +173,8 @@ class Server:
         assert_everything(value)  # converted on this (the calling) side
         assert await client.rank(ORDER) is Rank.FIRST
         days = [day async for day in client.days(datetime.date(2026, 12, 30), 3)]
-        assert days == [datetime.date(2026, 12, 30), datetime.date(2026, 12, 31)] + [
-            datetime.date(2027, 1, 1)
-        ]
+        start = datetime.date(2026, 12, 30)
+        assert days == [start, datetime.date(2026, 12, 31), datetime.date(2027, 1, 1)]
         assert all(type(day) is datetime.date for day in days)
         return value
 
