@@ -73,7 +73,7 @@ Everything = tuple[
     Rank,
     tuple[int, str],
     dict[int, str],
-    dict[uuid.UUID, int],
+    dict[datetime.date, Level],
 ]
 
 EVERYTHING: Everything = (
@@ -86,7 +86,7 @@ EVERYTHING: Everything = (
     Rank.SECOND,
     (1, "one"),
     {1: "one", -2: "minus two"},
-    {uuid.UUID(int=7): 7},
+    {datetime.date(2026, 2, 1): Level.LOW},
 )
 
 
@@ -109,7 +109,7 @@ def assert_everything(value: Everything) -> None:
     assert value[0].tzinfo is UTC  # an aware datetime arrives in UTC...
     assert value[1].tzinfo is None  # ...a naive one stays naive
     assert [type(k) for k in value[8]] == [int, int]
-    assert [type(k) for k in value[9]] == [uuid.UUID]
+    assert [type(k) for k in value[9]] == [datetime.date]
 
 
 def assert_order(value: Order) -> None:

@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 PROGRAM = textwrap.dedent(
     """
+    import dataclasses
+    import datetime
     from collections.abc import AsyncIterator, Iterator
+    from decimal import Decimal
     from typing import Protocol, TypedDict
 
     import wsrpc
@@ -33,12 +36,22 @@ PROGRAM = textwrap.dedent(
         async def sqrt(self, x: float) -> float: ...
 
 
+    @dataclasses.dataclass
+    class Order:
+        placed: datetime.datetime
+        total: Decimal
+
+
     class CalculatorRemote(Protocol):
         scientific: ScientificRemote
 
         async def add(self, a: int, b: int) -> int: ...
 
         def ticks(self, n: int) -> AsyncIterator[int]: ...
+
+        async def place(self, order: Order) -> Order: ...
+
+        def orders(self, since: datetime.date) -> AsyncIterator[Order]: ...
 
 
     class SyncCalculatorRemote(Protocol):
@@ -93,6 +106,13 @@ PROGRAM = textwrap.dedent(
         async for tick in calc.ticks(3):
             doubled: int = tick * 2
             print(doubled)
+        typed = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]({"token": "t"}, validate=True)
+        shop = typed.get_driver()
+        order = await shop.place(Order(datetime.datetime.now(datetime.UTC), Decimal("1.5")))
+        year: int = order.placed.year
+        async for past in shop.orders(datetime.date(2026, 1, 1)):
+            cents: Decimal = past.total * 100
+            print(year, cents)
         sync = wsrpc.sync.WebSocketConnector[None, None, SyncCalculatorRemote](None)
         for item in sync.get_driver().ticks(3):
             print(item + 1)
@@ -144,6 +164,34 @@ def test_wrong_result_type_is_an_error() -> None:
     report, status = check("wrong: str = await calc.add(1, 2)")
     assert status == 1
     assert "incompatible types in assignment" in report.lower()
+
+
+def test_a_wrong_rich_argument_is_an_error() -> None:
+    report, status = check('await shop.place({"placed": "2026-01-01", "total": "1"})')
+    assert status == 1
+    assert 'Argument 1 to "place" of "CalculatorRemote" has incompatible type' in report
+
+
+def test_a_datetime_where_a_date_is_wanted_is_not_an_error_but_a_string_is() -> None:
+    # datetime subclasses date, so mypy takes it (and msgspec refuses it at
+    # run time, strictly); a string is refused by mypy.
+    report, status = check('shop.orders("2026-01-01")')
+    assert status == 1
+    assert 'Argument 1 to "orders" of "CalculatorRemote" has incompatible type "str"' in report
+
+
+def test_a_rich_result_is_typed_as_its_annotation() -> None:
+    report, status = check("wrong: str = (await shop.place(order)).total")
+    assert status == 1
+    assert 'expression has type "Decimal", variable has type "str"' in report
+
+
+def test_a_rich_stream_item_is_typed_as_its_annotation() -> None:
+    report, status = check(
+        "async for bought in shop.orders(datetime.date.today()):\n        when: str = bought.placed"
+    )
+    assert status == 1
+    assert 'expression has type "datetime", variable has type "str"' in report
 
 
 def test_forgetting_await_is_an_error() -> None:
