@@ -17,6 +17,11 @@ Things worth noticing:
 * ``history(symbol, count)`` is a finite stream: it ends by returning;
 * an exception in the generator (an unknown symbol) reaches the client as
   :exc:`wsrpc.RemoteError`, after the quotes sent before it;
+* both sides have ``validate=True``: the server checks each quote against
+  ``AsyncIterator[Quote]`` before sending it, and the client, made with its
+  ``MarketRemote`` protocol as the ``Remote`` type parameter, builds each
+  item back into a ``Quote`` dataclass, its ``Decimal`` price and its
+  ``datetime`` included (``pip install 'wsrpc[validate]'``);
 * the script waits on events, not on time, and prints in a fixed order, so
   its output is always the same.
 
@@ -28,16 +33,21 @@ Run it::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 from collections.abc import AsyncIterator
-from typing import Protocol, TypedDict
+from decimal import Decimal
+from typing import Protocol
 
 import wsrpc
 
 
-class Quote(TypedDict):
+@dataclasses.dataclass
+class Quote:
     symbol: str
     seq: int
-    price: float
+    price: Decimal
+    at: datetime.datetime
 
 
 class MarketRemote(Protocol):
@@ -47,7 +57,12 @@ class MarketRemote(Protocol):
     def history(self, symbol: str, count: int) -> AsyncIterator[Quote]: ...
 
 
-OPENING = {"ACME": 100.0, "INITECH": 42.5}
+OPENING = {"ACME": Decimal("100.00"), "INITECH": Decimal("42.50")}
+UP, DOWN = Decimal("0.25"), Decimal("0.50")
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 class Market:
@@ -63,8 +78,8 @@ class Market:
         try:
             while True:
                 seq += 1
-                price = round(price + (0.25 if seq % 3 else -0.5), 2)
-                yield {"symbol": symbol, "seq": seq, "price": price}
+                price = price + UP if seq % 3 else price - DOWN
+                yield Quote(symbol, seq, price, now())
                 await asyncio.sleep(0.005)  # a live feed: a quote every 5 ms
         finally:
             # Runs when the reader leaves: the stream was cancelled.
@@ -74,7 +89,7 @@ class Market:
     async def history(self, symbol: str, count: int) -> AsyncIterator[Quote]:
         price = OPENING[symbol]
         for seq in range(1, count + 1):
-            yield {"symbol": symbol, "seq": seq, "price": price - seq}
+            yield Quote(symbol, seq, price - seq, now())
 
 
 async def main() -> None:
@@ -83,20 +98,22 @@ async def main() -> None:
     async def handler(acceptor: wsrpc.WebSocketAcceptor[None, Market, None]) -> None:
         await acceptor.accept(market)
 
-    server = wsrpc.WebSocketServer[None, Market, None]()
+    server = wsrpc.WebSocketServer[None, Market, None](validate=True)
     await server.open(0, handler, host="127.0.0.1")
-    async with wsrpc.WebSocketConnector[None, None, MarketRemote](None) as connector:
+    connector = wsrpc.WebSocketConnector[None, None, MarketRemote](None, validate=True)
+    async with connector:
         await connector.connect(f"ws://127.0.0.1:{server.port}/")
         market_remote = connector.get_driver()
 
         async for quote in market_remote.quotes("ACME"):
-            print(f"[client] {quote['symbol']} #{quote['seq']}: {quote['price']:.2f}")
-            if quote["seq"] == 5:
+            assert isinstance(quote.price, Decimal) and quote.at.tzinfo is datetime.UTC
+            print(f"[client] {quote.symbol} #{quote.seq}: {quote.price}")
+            if quote.seq == 5:
                 break  # leaving the loop cancels the stream on the server
         await market.closed.wait()
         print(*market.log)
 
-        closes = [quote["price"] async for quote in market_remote.history("INITECH", 3)]
+        closes = [str(quote.price) async for quote in market_remote.history("INITECH", 3)]
         print(f"[client] INITECH history: {closes}")
 
         try:

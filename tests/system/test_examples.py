@@ -212,7 +212,7 @@ def test_ticker() -> None:
         "[client] ACME #4: 100.25",
         "[client] ACME #5: 100.50",
         "[server] ACME stream closed: the reader left",
-        "[client] INITECH history: [41.5, 40.5, 39.5]",
+        "[client] INITECH history: ['41.50', '40.50', '39.50']",
         "[client] NOPE: KeyError: 'NOPE'",
     ]
 
