@@ -610,7 +610,8 @@ MSGPACK_CASES = [
     ),
     Case("int key in kwargs", "msgpack", (mp(2, 1, "record", [], {3: "x"}),), (1007,)),
     Case("int key in a return value", "msgpack", (mp(3, 999, {1: 2}),), (1007,)),
-    # Ext types; the timestamp (-1) is the one allowed, and decodes to a float.
+    # Ext types; the timestamp (-1) is the one allowed: it decodes to a
+    # datetime, which goes back as the same timestamp.
     Case("ext type 5", "msgpack", (ECHO + b"\xd4\x05\x00",), (1007,)),
     Case("ext type -2", "msgpack", (ECHO + b"\xd4\xfe\x00",), (1007,)),
     Case(
@@ -627,8 +628,14 @@ MSGPACK_CASES = [
         "valid timestamp",
         "msgpack",
         (ECHO + b"\xd6\xff" + (1).to_bytes(4, "big"),),
-        (("return", 1, 1.0),),
+        (("return", 1, msgpack.Timestamp(1, 0)),),
         calls=("echo",),
+    ),
+    Case(
+        "timestamp past datetime's range",
+        "msgpack",
+        (ECHO + b"\xc7\x0c\xff" + (0).to_bytes(4, "big") + (2**62).to_bytes(8, "big"),),
+        (1007,),
     ),
     # Nesting.
     Case("arrays nested 100,000 deep", "msgpack", (ECHO + b"\x91" * 100_000 + b"\xc0",), (1007,)),
