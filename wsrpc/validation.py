@@ -63,8 +63,8 @@ from .exceptions import EncodeError, ValidationError
 
 __all__ = [
     "NATIVE_JSON",
-    "ConvertedItems",
     "NATIVE_MSGPACK",
+    "ConvertedItems",
     "RemoteTypes",
     "Signature",
     "Validator",
@@ -804,13 +804,17 @@ class RemoteTypes:
         """``call`` and ``stream`` converting as the Protocol says."""
         signature_of = self.signature
 
+        known = self._signatures
+
         def converted_call(
             path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
         ) -> Coroutine[Any, Any, Any]:
-            try:
-                signature = signature_of(path)
-            except Exception as exc:  # raised where the call is awaited
-                return _raise(exc)
+            signature = known.get(path, _MISSING)  # the common case, inlined
+            if signature is _MISSING:
+                try:
+                    signature = signature_of(path)
+                except Exception as exc:  # raised where the call is awaited
+                    return _raise(exc)
             if signature is None:
                 return call(path, args, kwargs, timeout)
             return _converted_call(call, signature, path, args, kwargs, timeout)
