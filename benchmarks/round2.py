@@ -211,6 +211,10 @@ def pair(
     measured = (
         f"{x(value)} ({a:,.1f} / {b:,.1f})" if value is not None and a and b else "not measured"
     )
+    cpu = ratio(*(median(main, s, scenario, "server_cpu_us_per_call") for s in (system, reference)))
+    if value is not None and cpu is not None and key == "calls_per_s":
+        # Less noisy than calls/s on a shared machine: what each call cost the server.
+        measured += f"; server CPU per call {x(cpu)}"
     return Target(group, target, measured, value, bound, higher_is_better)
 
 
@@ -505,8 +509,27 @@ def machine_text(main: dict[str, Any] | None, cluster: dict[str, Any] | None) ->
         + (f"; redis-server {redis}" if redis else "")
         + f". Load average {meta['load_average_start'][0]:.2f} at the start of the main table "
         f"and {meta['load_average_end'][0]:.2f} at its end: the machine is shared with other "
-        "jobs, so absolute figures move by 20-50 % between runs; the ratios, between figures "
-        "of one run, move by less (about ±10 %)."
+        f"jobs. {spread_text(main)}"
+    )
+
+
+def spread_text(main: dict[str, Any]) -> str:
+    """How far apart the repetitions of one figure were: the noise to read the ratios with."""
+    spreads: list[float] = []
+    for cells in main["results"].values():
+        for scenario, cell in cells.items():
+            key = "mib_per_s" if scenario == "payload" else "calls_per_s"
+            values = [rep[key] for rep in cell.get("reps", []) if rep.get(key)]
+            if len(values) >= 2:
+                spreads.append(max(values) / min(values) - 1)
+    if not spreads:
+        return ""
+    spreads.sort()
+    return (
+        "The repetitions of one figure (calls/s, MiB/s) were "
+        f"{spreads[len(spreads) // 2]:.0%} apart (max over min) in the median cell and "
+        f"up to {spreads[-1]:.0%}: a ratio between two figures is only as good as that, and "
+        "a target closer than that to its bound is not settled by this run."
     )
 
 
@@ -536,7 +559,7 @@ def cluster_table(cluster: dict[str, Any] | None) -> str:
         return float(value) if isinstance(value, int | float) else None
 
     def num(value: float | None, unit: str) -> str:
-        return "–" if value is None else f"{value:,.0f} {unit}"
+        return "–" if value is None else f"{value:,.0f} {unit}".strip()
 
     rows = [
         ("call latency p50", num(get("latency local", "p50_us"), "µs"),
@@ -603,7 +626,7 @@ Measured {meta["started_at"]} at commit `{revision}` with `{meta["command"]}`:
 
 {machine_text(main, cluster)}
 
-### The table
+### The table (round two)
 
 Each cell: the median of {repeat} runs{f" (idle: {idle:,} connections, one run)" if idle else ""},
 and in brackets its ratio to the ceiling (`ws-msgpack`). ↑: higher is
@@ -617,34 +640,61 @@ only (`–`).
 
 ![Every figure as a ratio to the ceiling](../benchmarks/results/chart.png)
 
-### Validation
+### Validation cost (round two)
 
 Calls/s with `validate=True` against without it (`add(a: int, b: int) ->
 int`), from the table above:
 
 {validation_table(main)}
 
-### Streams
+### Streams (round two)
 
 `benchmarks/streams.py --quick` (its own output):
 
 {streams_text(steps.get("streams"), streams)}
 
-### Scale-out
+### Scale-out (round two)
 
 `benchmarks/cluster.py`: a private `redis-server` on 127.0.0.1, three
-server processes joined by a `RedisBackplane`, clients in another process;
-medians of 3.
+server processes (default transport) joined by a `RedisBackplane`, the
+clients in one more process (picows transport on uvloop: cheaper to open
+10,000 of); latency over 2,000 sequential calls, broadcasts medians of 3.
 
 {cluster_table(cluster)}
 
 ### The targets of #16
 
-Every ratio is between two figures of this one run. "within 5 % of the
-bound": closer to it than this machine's run-to-run noise.
+Every ratio is between two figures of this one run; "within 5 % of the
+bound" flags a figure that close to it (read it with the spread of the
+repetitions given with the machine above).{same_code_text(meta)}
 
 {targets_table([Target(**{k: v for k, v in t.items() if k != "status"}) for t in targets])}
 """
+
+
+def wsrpc_tree(checkout: Path) -> str | None:
+    """The git tree hash of ``checkout``'s wsrpc/ (uncommitted changes not included)."""
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD:wsrpc"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
+def same_code_text(meta: dict[str, Any]) -> str:
+    trees = meta.get("wsrpc_trees") or {}
+    if not trees.get("base") or trees.get("base") != trees.get("this"):
+        return ""
+    return (
+        "\n\n**The `*-base` systems ran the same wsrpc code as the others** (the same "
+        f"`wsrpc/` tree, `{trees['this'][:10]}`): their ratios, the “against the base "
+        "commit” rows, compare identical code and so measure this run's noise, not a change."
+    )
 
 
 def update_docs(path: Path, text: str) -> bool:
@@ -751,6 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "smoke": args.smoke,
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
             "steps": [asdict(step) for step in steps],
+            "wsrpc_trees": {
+                "this": wsrpc_tree(BENCH_DIR.parent),
+                "base": wsrpc_tree(args.base) if args.base else None,
+            },
         },
         "targets": [],
     }
