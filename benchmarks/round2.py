@@ -16,7 +16,8 @@ Runs, one after the other, each in processes of its own:
    ``--base``, ``wsrpc-base`` and ``wsrpc-fast-base``; every scenario,
    median of 3, ``idle`` with ``--idle-conns`` (default 2,000) connections
    once. Writes ``results/latest.json``, ``latest.md`` and ``chart.png``.
-2. ``streams.py --quick --out results/streams.json``.
+2. ``streams.py --quick --out results/streams.json`` (``--quick`` only if
+   that streams.py takes it; its command line is its own).
 3. ``cluster.py``: a private ``redis-server``; cross-node call latency
    against a local call, a broadcast to 10,000 members over 3 nodes against
    one process, and calls/s of ``wsrpc serve --workers 1`` and ``2``
@@ -62,7 +63,7 @@ BROADCAST = 10_000
 STEPS = ("main", "streams", "cluster")
 OUTPUTS = {
     "main": ("latest.json", "latest.md", "chart.png"),
-    "streams": ("streams.json",),
+    "streams": ("streams.json", "streams.md"),
     "cluster": ("cluster.json",),
 }
 STEP_TIMEOUT = {"main": 600.0, "streams": 240.0, "cluster": 300.0}
@@ -112,6 +113,20 @@ def run_step(step: Step, timeout: float) -> None:
     print(f"== {step.name}: {status} ({step.wall_s:.0f} s)", file=sys.stderr, flush=True)
 
 
+def streams_quick(python: str) -> list[str]:
+    """``--quick`` if this streams.py takes it (its CLI is its own), else nothing."""
+    try:
+        shown = subprocess.run(
+            [python, str(BENCH_DIR / "streams.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["--quick"] if "--quick" in shown else []
+
+
 def commands(args: argparse.Namespace, out_dir: Path) -> dict[str, list[str]]:
     python = sys.executable
     systems = SYSTEMS + (BASE_SYSTEMS if args.base else [])
@@ -123,7 +138,7 @@ def commands(args: argparse.Namespace, out_dir: Path) -> dict[str, list[str]]:
         main += ["--idle-conns", str(args.idle_conns), "--duration", str(args.duration)]
     if args.base:
         main += ["--base", str(args.base)]
-    streams = [python, str(BENCH_DIR / "streams.py"), "--quick"]
+    streams = [python, str(BENCH_DIR / "streams.py"), *streams_quick(python)]
     streams += ["--out", str(out_dir / "streams.json")]
     cluster = [python, str(BENCH_DIR / "cluster.py"), "--out", str(out_dir / "cluster.json")]
     cluster += ["--workers", "1,2"]
@@ -316,16 +331,38 @@ def flatten(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str,
 def stream_figures(document: Any) -> dict[str, dict[str, float]]:
     """
     items/s by transport (or "" if the file has one) of ``stream``, ``call``
-    (one call per item) and ``raw_picows``, read from streams.py's JSON by the
-    words in its keys (its shape is streams.py's business): best effort.
+    (one call per item) and ``raw_picows``, read from streams.py's JSON: its
+    ``results`` by transport (``{"stream": {"median": ...}, "calls": ...,
+    "raw": ...}``, raw picows being the ``raw`` of ``picows``), or else, best
+    effort, by the words in its keys (its shape is streams.py's business).
     """
+    results = document.get("results") if isinstance(document, dict) else None
+    if isinstance(results, dict) and results:
+        found: dict[str, dict[str, float]] = {}
+        for transport, figures in results.items():
+            if not isinstance(figures, dict):
+                continue
+            for key, kind in (("stream", "stream"), ("calls", "call"), ("raw", "raw")):
+                value = (
+                    figures.get(key, {}).get("median")
+                    if isinstance(figures.get(key), dict)
+                    else None
+                )
+                if isinstance(value, int | float):
+                    found.setdefault(transport, {})[kind] = float(value)
+        raw_picows = found.get("picows", {}).get("raw")
+        if raw_picows is not None:
+            for kinds in found.values():
+                kinds["raw_picows"] = raw_picows
+        if any("stream" in kinds for kinds in found.values()):
+            return found
     leaves = [
         (path, value)
         for path, value in flatten(document)
         if path and not any(word in path[0] for word in ("meta", "machine", "version"))
     ]
     rates = [(p, v) for p, v in leaves if any("per_s" in k or "/s" in k for k in p)]
-    found: dict[str, dict[str, float]] = {}
+    guessed: dict[str, dict[str, float]] = {}
     for path, value in rates or leaves:
         transport = next((t for t in ("websockets", "picows") if t in path[:-1]), "")
         words = " ".join(k for k in path if k != transport)
@@ -341,8 +378,8 @@ def stream_figures(document: Any) -> dict[str, dict[str, float]]:
             kind = "stream"
         else:
             continue
-        found.setdefault(transport, {}).setdefault(kind, value)
-    return found
+        guessed.setdefault(transport, {}).setdefault(kind, value)
+    return guessed
 
 
 def stream_targets(streams: Any) -> list[Target]:
@@ -616,7 +653,9 @@ def report(document: dict[str, Any], out_dir: Path) -> str:
     revision = main["meta"]["wsrpc_revision"] if main else "unknown"
     repeat = main["meta"]["repeat"] if main else 0
     timings = ", ".join(
-        f"{s['name']} {s['wall_s']:.0f} s" + (f" ({s['error']})" if s["error"] else "")
+        f"{s['name']} {s['wall_s']:.0f} s"
+        + (f" ({s['error']})" if s["error"] else "")
+        + (f" (run of {s['earlier_run']})" if s.get("earlier_run") else "")
         for s in meta["steps"]
     )
     idle = (main or {}).get("meta", {}).get("budgets", {}).get("idle", {}).get("conns")
@@ -782,6 +821,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ["make -C benchmarks round2"]
     if args.base:
         shown.append(f'ARGS="--base {args.base}"')
+    if args.base is None and "main" not in args.steps:
+        earlier = load(out_dir / "round2.json") or {}
+        base = (earlier.get("meta", {}).get("wsrpc_trees") or {}).get("base")
+        args.base_tree = base
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     steps = [
@@ -803,11 +846,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": [asdict(step) for step in steps],
             "wsrpc_trees": {
                 "this": wsrpc_tree(BENCH_DIR.parent),
-                "base": wsrpc_tree(args.base) if args.base else None,
+                "base": wsrpc_tree(args.base) if args.base else getattr(args, "base_tree", None),
             },
         },
         "targets": [],
     }
+    earlier = load(out_dir / "round2.json")
+    if set(args.steps) != set(STEPS) and isinstance(earlier, dict):
+        # A subset re-measured: the other steps' records (and files) stay as they were.
+        ran = {step.name for step in steps}
+        kept = [step for step in earlier["meta"].get("steps", []) if step["name"] not in ran]
+        for step in kept:
+            step["earlier_run"] = earlier["meta"].get("started_at")
+        document["meta"]["steps"] = kept + document["meta"]["steps"]
+        document["meta"]["command"] += f" (--steps {','.join(args.steps)})"
+        # "In all": what the whole command would have taken, step by step.
+        document["meta"]["wall_time_s"] = sum(step["wall_s"] for step in document["meta"]["steps"])
     finish(document, out_dir, args.docs)
     print(f"wall time {document['meta']['wall_time_s']:.0f} s", file=sys.stderr)
     return 1 if any(step.error for step in steps) else 0
