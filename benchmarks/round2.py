@@ -819,8 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         finish(document, out_dir, args.docs)
         return 0
     shown = ["make -C benchmarks round2"]
-    if args.base:
-        shown.append(f'ARGS="--base {args.base}"')
+    options = [f"--base {args.base}"] if args.base else []
+    if set(args.steps) != set(STEPS):
+        options.append(f"--steps {','.join(args.steps)}")
+    if options:
+        shown.append(f'ARGS="{" ".join(options)}"')
     if args.base is None and "main" not in args.steps:
         earlier = load(out_dir / "round2.json") or {}
         base = (earlier.get("meta", {}).get("wsrpc_trees") or {}).get("base")
@@ -859,7 +862,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for step in kept:
             step["earlier_run"] = earlier["meta"].get("started_at")
         document["meta"]["steps"] = kept + document["meta"]["steps"]
-        document["meta"]["command"] += f" (--steps {','.join(args.steps)})"
         # "In all": what the whole command would have taken, step by step.
         document["meta"]["wall_time_s"] = sum(step["wall_s"] for step in document["meta"]["steps"])
     finish(document, out_dir, args.docs)
