@@ -643,6 +643,10 @@ def streams_text(step: dict[str, Any] | None, streams: Any) -> str:
     return "See `benchmarks/results/streams.json`."
 
 
+def streams_options(step: dict[str, Any] | None) -> str:
+    return " --quick" if step and "--quick" in step.get("command", []) else ""
+
+
 def report(document: dict[str, Any], out_dir: Path) -> str:
     """The Markdown of the round: command, machine, tables, targets."""
     meta, targets = document["meta"], document["targets"]
@@ -688,7 +692,7 @@ int`), from the table above:
 
 ### Streams (round two)
 
-`benchmarks/streams.py --quick` (its own output):
+`benchmarks/streams.py{streams_options(steps.get("streams"))}` (its own output):
 
 {streams_text(steps.get("streams"), streams)}
 
