@@ -59,6 +59,8 @@ class System:
     """The server runs one thread per connection (idle: capped by the machine's task limits)."""
     base: bool = False
     """Runs wsrpc from the ``--base`` checkout (an older commit), to compare commits in one run."""
+    only: tuple[str, ...] | None = None
+    """The scenarios this system runs (None: every one); the others are shown as ``–``."""
 
 
 SYSTEMS: dict[str, System] = {
@@ -108,6 +110,21 @@ SYSTEMS: dict[str, System] = {
             default=False,
             base=True,
         ),
+        System(
+            "wsrpc-validate",
+            "wsrpc_validate_system",
+            "wsrpc, validate=True",
+            ("wsrpc", "msgspec"),
+            only=("pinned", "pipelined"),
+        ),
+        System(
+            "wsrpc-fast-validate",
+            "wsrpc_fast_validate_system",
+            "wsrpc-fast, validate=True",
+            ("wsrpc", "msgspec", "picows", "uvloop"),
+            uvloop=True,
+            only=("pinned", "pipelined"),
+        ),
         System("socketio", "socketio_system", "python-socketio (aiohttp)", ("socketio", "aiohttp")),
         System("rpyc", "rpyc_system", "rpyc (threads)", ("rpyc",), thread_per_connection=True),
         System("picows", "picows_system", "raw picows (+uvloop)", ("picows", "msgpack"), True),
@@ -116,7 +133,8 @@ SYSTEMS: dict[str, System] = {
 CEILING = "ws-msgpack"
 BASE_CHECKOUT: str | None = None
 """The ``--base`` checkout that the ``*-base`` systems import wsrpc from."""
-SMOKE_SYSTEMS = ("ws-msgpack", "wsrpc")
+SMOKE_SYSTEMS = ("ws-msgpack", "wsrpc", "wsrpc-validate")
+"""What the repo's own venv can run (wsrpc-validate: if msgspec is there)."""
 
 
 @dataclass(frozen=True)
@@ -520,7 +538,7 @@ class Cell:
 
     reps: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    status: str = "pending"  # ok, error, unavailable, unsupported
+    status: str = "pending"  # ok, error, unavailable, unsupported, not run
     median: dict[str, float] = field(default_factory=dict)
     ratio: dict[str, float] = field(default_factory=dict)
     note: str = ""  # printed under the table: a cap, or why the system is skipped
@@ -544,6 +562,8 @@ def fmt(value: float | None, digits: int) -> str:
 
 
 def cell_text(cell: Cell | None, metric: Metric) -> str:
+    if cell is not None and cell.status == "not run":
+        return "–"
     if cell is None or metric.key not in cell.median:
         return "n/a" if cell is None or cell.status != "error" else "failed"
     text = fmt(cell.median[metric.key], metric.digits)
@@ -687,6 +707,11 @@ def draw_chart(
         "wsrpc": "#d62728",
         "wsrpc-uvloop": "#ff7f0e",
         "wsrpc-fast": "#9467bd",
+        "wsrpc-validate": "#e377c2",
+        "wsrpc-fast-validate": "#c5b0d5",
+        "wsrpc-base": "#f7b6b2",
+        "wsrpc-fast-base": "#dbcfe8",
+        "picows": "#2ca02c",
     }
     for ax, (scenario, metric) in zip(axes.flat, panels, strict=False):
         names, values, labels, bar_colors = [], [], [], []
@@ -746,6 +771,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "kernel": platform.release(),
     }
 
 
@@ -761,6 +787,8 @@ def versions() -> dict[str, str]:
         "rpyc",
         "picows",
         "uvloop",
+        "msgspec",
+        "redis",
         "matplotlib",
     ):
         try:
@@ -819,6 +847,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds each timed run measures (default 1.5, many_clients 2; smoke: counts bound)",
+    )
+    parser.add_argument(
         "--idle-conns",
         type=int,
         metavar="N",
@@ -869,6 +903,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.smoke else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
     if args.idle_conns is not None and args.idle_conns < 1:
         parser.error("--idle-conns must be at least 1")
     if args.idle_repeat is not None and args.idle_repeat < 1:
@@ -898,6 +934,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     budgets = dict(SMOKE if args.smoke else FULL)
+    if args.duration is not None:
+        budgets = {
+            name: replace(budget, duration=args.duration) if budget.duration > 0 else budget
+            for name, budget in budgets.items()
+        }
     if args.idle_conns is not None or args.idle_repeat is not None:
         budgets["idle"] = idle_budget(
             args.idle_conns or budgets["idle"].conns,
@@ -908,6 +949,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: list[str] = args.scenarios
     results: dict[str, dict[str, Cell]] = {s: {n: Cell() for n in scenarios} for s in systems}
     for name in systems:
+        only = SYSTEMS[name].only
+        if only is not None:
+            for scenario in scenarios:
+                if scenario not in only:
+                    results[name][scenario].status = "not run"
         if not available(SYSTEMS[name]):
             missing = [m for m in SYSTEMS[name].requires if importlib.util.find_spec(m) is None]
             print(f"{name}: unavailable (cannot import {', '.join(missing)})", file=sys.stderr)
@@ -923,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle = budgets["idle"]
         for name in systems:
             cap, cell = idle_cap(SYSTEMS[name]), results[name]["idle"]
-            if cap is None or cap[0] >= idle.conns or cell.status == "unavailable":
+            if cap is None or cap[0] >= idle.conns or cell.status in ("unavailable", "not run"):
                 continue
             limit, reason = cap
             if limit < 1:
@@ -945,7 +991,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 for name in order:
                     cell = results[name][scenario]
-                    if cell.status in ("unavailable", "unsupported"):
+                    if cell.status in ("unavailable", "unsupported", "not run"):
                         continue
                     t0 = time.monotonic()
                     budget = system_budgets[name][scenario]

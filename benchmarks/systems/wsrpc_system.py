@@ -55,6 +55,12 @@ Acceptor = wsrpc.WebSocketAcceptor[None, Provider, ClientRemote]
 TRANSPORT: wsrpc.TransportName = "websockets"
 """Set to "picows" by systems/wsrpc_fast_system.py."""
 
+VALIDATE = False
+"""
+Set by the ``*_validate_system`` modules: ``validate=True`` on both sides
+(the server checks the client's calls, the client the server's callbacks).
+"""
+
 
 class ClientProvider:
     """What each client serves to the server (for the callbacks scenario)."""
@@ -65,7 +71,7 @@ class ClientProvider:
 
 async def serve(p: Params) -> int:
     server = wsrpc.WebSocketServer[None, Provider, ClientRemote](
-        max_message_size=common.MAX_MESSAGE_SIZE, transport=TRANSPORT
+        max_message_size=common.MAX_MESSAGE_SIZE, transport=TRANSPORT, validate=VALIDATE
     )
 
     async def handler(acceptor: Acceptor) -> None:
@@ -77,7 +83,11 @@ async def serve(p: Params) -> int:
 
 async def connect(p: Params) -> AsyncClient:
     connector = wsrpc.WebSocketConnector[None, ClientProvider, ServerRemote](
-        None, ClientProvider(), max_message_size=common.MAX_MESSAGE_SIZE, transport=TRANSPORT
+        None,
+        ClientProvider(),
+        max_message_size=common.MAX_MESSAGE_SIZE,
+        transport=TRANSPORT,
+        validate=VALIDATE,
     )
     await connector.connect(f"ws://127.0.0.1:{p.port}/", timeout=30)
     driver = connector.get_driver()

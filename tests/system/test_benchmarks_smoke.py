@@ -9,12 +9,14 @@ run produced them, in the JSON and in the printed table.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -78,6 +80,72 @@ def test_smoke_run_measures_every_scenario(smoke_run: tuple[dict[str, Any], str]
 
 
 @pytest.mark.timeout(150 * UNIT)
+def test_smoke_run_measures_validation_where_msgspec_is(
+    smoke_run: tuple[dict[str, Any], str],
+) -> None:
+    results, _ = smoke_run
+    cells = results["results"]["wsrpc-validate"]
+    if importlib.util.find_spec("msgspec") is None:
+        assert all(cell["status"] == "unavailable" for cell in cells.values())
+        return
+    ran = {"pipelined", "pinned"} & set(SCENARIOS)
+    for scenario in results["scenarios"]:
+        if scenario in ran:
+            assert cells[scenario]["status"] == "ok", (scenario, cells[scenario]["errors"])
+            assert cells[scenario]["median"]["calls_per_s"] > 0
+        else:  # validate=True runs where the CPU is the cost only
+            assert cells[scenario]["status"] == "not run", scenario
+
+
+def load_round2() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("round2", ROOT / "benchmarks" / "round2.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("round2", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(150 * UNIT)
+def test_round2_checks_each_target_against_the_results(
+    smoke_run: tuple[dict[str, Any], str], tmp_path: Path
+) -> None:
+    # round2.py's last step, on the smoke run's results: the streams and
+    # cluster steps did not run, so their targets are "not measured".
+    results, _ = smoke_run
+    round2 = load_round2()
+    (tmp_path / "latest.json").write_text(json.dumps(results))
+    (tmp_path / "latest.md").write_text("| the table |\n")
+    docs = tmp_path / "performance.md"
+    docs.write_text(f"before\n{round2.BEGIN}\nold\n{round2.END}\nafter\n")
+    document: dict[str, Any] = {
+        "meta": {
+            "started_at": "now",
+            "command": "round2.py --smoke",
+            "wall_time_s": 1.0,
+            "steps": [{"name": "main", "wall_s": 1.0, "error": "", "stdout": ""}],
+        },
+        "targets": [],
+    }
+    round2.finish(document, tmp_path, docs)
+    targets = json.loads((tmp_path / "round2.json").read_text())["targets"]
+    by_name = {t["target"]: t for t in targets}
+    default = by_name["wsrpc ≥ ws-msgpack (ceiling): sequential calls/s"]
+    assert default["status"] in ("met", "not met")
+    expected = (
+        results["results"]["wsrpc"]["sequential"]["median"]["calls_per_s"]
+        / results["results"]["ws-msgpack"]["sequential"]["median"]["calls_per_s"]
+    )
+    assert default["value"] == pytest.approx(expected)
+    assert by_name["wsrpc-fast ≥ 0.85x picows: sequential calls/s"]["status"] == "not measured"
+    assert {t["group"] for t in targets} >= {"streams", "scale-out", "validation"}
+    text = docs.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n")
+    assert "old" not in text and "| the table |" in text
+    assert "The targets of #16" in (tmp_path / "round2.md").read_text()
+
+
+@pytest.mark.timeout(150 * UNIT)
 def test_smoke_run_prints_the_table(smoke_run: tuple[dict[str, Any], str]) -> None:
     _, stdout = smoke_run
     for name in (*SYSTEMS, *SCENARIOS):
@@ -91,7 +159,10 @@ def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("PYTHONWARNINGS", None)
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--smoke", "--out", str(out)],
+        [
+            *(sys.executable, str(ROOT / "benchmarks" / "cluster.py")),
+            *("--smoke", "--workers", "1,2", "--out", str(out)),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -101,6 +172,14 @@ def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     results: dict[str, Any] = json.loads(out.read_text())["results"]
+    # wsrpc serve --workers 1 and 2 (reuse_port), driven by client processes.
+    workers = {name: results.pop(name) for name in ("workers 1", "workers 2")}
+    assert all(w["calls_per_s"] > 0 for w in workers.values())
+    assert [sum(run) for run in workers["workers 2"]["connections_per_worker"]] == [
+        results["workers clients"]["processes"]
+        * results["workers clients"]["connections_per_process"]
+    ]
+    del results["workers clients"]
     assert set(results) == {
         "latency cross-node",
         "latency local",
