@@ -32,6 +32,8 @@ no asyncio, no socket, no WebSocket library.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackplaneError",
     "ConnectError",
@@ -176,7 +178,17 @@ class BackplaneError(WsrpcError):
     backplane is down, and by ``server.open()`` when it cannot join the
     application. Local connections, local calls and local groups keep
     working; the backplane reconnects by itself.
+
+    A broadcast that called members and then lost the backplane (or could
+    not ask it who the members of a silent node are) raises it with
+    :attr:`outcomes` set: it cannot account for every member, and says so
+    rather than return a list that silently lacks some.
     """
+
+    outcomes: list[Any] | None = None
+    """For a broadcast that could not account for every member: the
+    outcomes it has (:class:`~wsrpc.Outcome`), local members' included.
+    None otherwise."""
 
 
 class ProtocolError(WsrpcError):

@@ -203,7 +203,9 @@ class Group(Generic[HeaderT, ProviderT, RemoteT]):
         :exc:`TypeError`). Members on a node that dies or does not answer in
         time get a :exc:`ConnectionClosedError` or :exc:`RpcTimeoutError`
         outcome; while the backplane is down, :exc:`BackplaneError` is
-        raised before anyone is called (see ``docs/scaling.md``).
+        raised before anyone is called, and a broadcast that loses it
+        midway (or cannot name a silent node's members) raises it with
+        ``exc.outcomes``, the outcomes it has (see ``docs/scaling.md``).
 
         Args:
             timeout: Seconds each member has to answer; a slow one gets an

@@ -220,6 +220,23 @@ async def _command(
             (o.acceptor_id, o.value, None if o.error is None else type(o.error).__name__)
             for o in outcomes
         ]
+    if command == "broadcast_partial":
+        group, value, timeout = args
+        try:
+            outcomes = await server.group(group).broadcast(
+                lambda client: client.echo(value), timeout=timeout
+            )
+            kind, message = "complete", ""
+        except wsrpc.BackplaneError as exc:
+            kind, message, outcomes = "incomplete", str(exc), exc.outcomes or []
+        return (
+            kind,
+            message,
+            [
+                (o.acceptor_id, o.value, None if o.error is None else type(o.error).__name__)
+                for o in outcomes
+            ],
+        )
     if command == "broadcast_later":
         group, when, timeout = args
         outcomes = await server.group(group).broadcast(

@@ -519,6 +519,35 @@ async def test_redis_outage_fails_remote_operations_fast_and_recovers(
         await close_all([conn for conn, _, _ in connected])
 
 
+async def test_a_broadcast_that_loses_the_backplane_raises_with_what_it_has(
+    own_cluster: tuple[RedisServer, list[Node]],
+) -> None:
+    # C's member hangs, so the broadcast waits for C; Redis then goes. The
+    # broadcast cannot account for C's member: it raises BackplaneError
+    # rather than return a list that lacks it, with the outcomes it has.
+    redis_server, (a, b, c) = own_cluster
+    connected = [await connect(node, f"p{n}", "hall") for n, node in enumerate([a, b, c])]
+    (_, client_a, id_a), (_, client_b, id_b), (_, client_c, id_c) = connected
+    try:
+        client_c.block = True
+        pending = asyncio.ensure_future(a.ask("broadcast_partial", "hall", "x", 30 * UNIT))
+        await asyncio.wait_for(client_c.hanging.wait(), 5 * UNIT)
+        await asyncio.wait_for(
+            asyncio.gather(client_a.received.wait(), client_b.received.wait()), 5 * UNIT
+        )
+        redis_server.stop()
+        kind, message, outcomes = await asyncio.wait_for(pending, 10 * UNIT)
+        assert kind == "incomplete", (kind, outcomes)
+        assert "the broadcast's outcomes are incomplete" in message
+        by_id = {o[0]: o for o in outcomes}
+        assert by_id[id_a] == (id_a, "x", None)  # this node's own member, answered
+        assert id_c not in by_id  # the one it cannot account for
+        assert set(by_id) <= {id_a, id_b}  # B's answer, if it arrived in time
+    finally:
+        client_c.block = False
+        await close_all([conn for conn, _, _ in connected])
+
+
 # -- one process: the backplane's own errors ---------------------------------------------------
 
 

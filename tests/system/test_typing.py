@@ -106,7 +106,8 @@ PROGRAM = textwrap.dedent(
         async for tick in calc.ticks(3):
             doubled: int = tick * 2
             print(doubled)
-        typed = wsrpc.WebSocketConnector[Header, None, CalculatorRemote]({"token": "t"}, validate=True)
+        header: Header = {"token": "t"}
+        typed = wsrpc.WebSocketConnector[Header, None, CalculatorRemote](header, validate=True)
         shop = typed.get_driver()
         order = await shop.place(Order(datetime.datetime.now(datetime.UTC), Decimal("1.5")))
         year: int = order.placed.year

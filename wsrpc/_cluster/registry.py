@@ -657,14 +657,22 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
             args, kwargs = _encoded(signature, args, kwargs)
         if not self._backplane.is_up:
             raise BackplaneError("the backplane is down: cannot reach the other nodes")
-        local, remote = await asyncio.gather(
-            broadcast(members, call, timeout),
-            self._broadcast_remote(group, path, args, kwargs, timeout),
-        )
         convert = None if signature is None else signature.result
+        local = asyncio.ensure_future(broadcast(members, call, timeout))
+        try:
+            remote = await self._broadcast_remote(group, path, args, kwargs, timeout)
+        except BaseException as exc:
+            if isinstance(exc, BackplaneError) and exc.outcomes is not None:
+                # Members were called: say which answered what, the local
+                # ones included, with the error that says the list is short.
+                got = [_converted(o, convert) for o in exc.outcomes] if convert else exc.outcomes
+                exc.outcomes = [*await local, *got]
+            else:
+                local.cancel()
+            raise
         if convert is not None:  # local members' results were converted by their drivers
             remote = [_converted(outcome, convert) for outcome in remote]
-        return local + remote
+        return [*await local, *remote]
 
     def notify(
         self,
@@ -724,13 +732,22 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
             try:
                 async with asyncio.timeout(wait + GRACE):
                     await asyncio.shield(gather.future)
-            except TimeoutError:
-                pass
+            except (TimeoutError, BackplaneError):
+                pass  # a lost backplane is raised below, with what was answered
             except asyncio.CancelledError:
                 self._publish_soon("all", wire.Cancel(self.slot, uid))  # stop the members' calls
                 raise
-            if gather.future.done():
-                gather.future.result()  # raises BackplaneError when the backplane went
+            if (
+                gather.future.done()
+                and not gather.future.cancelled()
+                and gather.future.exception() is not None
+            ):
+                # The backplane went: what the other nodes answered so far.
+                error = gather.future.exception()
+                assert isinstance(error, BackplaneError)
+                lost = BackplaneError(f"{error}; the broadcast's outcomes are incomplete")
+                lost.outcomes = self._answered(gather)[0]
+                raise lost from error
             return await self._collect(group, gather)
         finally:
             self._gathers.pop(uid, None)
@@ -743,7 +760,8 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         slots = await self._backplane.members(f"gslots:{group}")
         return {int(slot) for slot in slots if slot.isdigit() and int(slot) < wire.SLOTS}
 
-    async def _collect(self, group: str | None, gather: _Gather) -> list[Outcome[Any]]:
+    def _answered(self, gather: _Gather) -> tuple[list[Outcome[Any]], set[int]]:
+        """The outcomes the other nodes sent, and the members they name."""
         outcomes: list[Outcome[Any]] = []
         seen: set[int] = set()
         for entry in gather.outcomes:
@@ -752,27 +770,71 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
                 outcomes.append(Outcome(entry[0], entry[1]))
             else:
                 outcomes.append(Outcome(entry[0], error=wire.exception_of(entry[2])))
+        return outcomes, seen
+
+    async def _collect(self, group: str | None, gather: _Gather) -> list[Outcome[Any]]:
+        outcomes, seen = self._answered(gather)
         missing = (gather.candidates or set()) - gather.answered - self._held
         if group is not None and missing:
-            # Nodes that did not answer: the index names their members.
-            with contextlib.suppress(BackplaneError):
-                for slot in sorted(missing):
-                    alive = slot not in gather.dead and (
-                        await self._backplane.get(f"slot:{slot}") is not None
-                    )
-                    for member in sorted(await self._backplane.members(f"g:{slot}:{group}")):
-                        if not member.isdigit() or int(member) in seen:
-                            continue
-                        seen.add(int(member))
-                        error: Exception = (
-                            RpcTimeoutError(f"node {slot} did not answer the broadcast in time")
-                            if alive
-                            else ConnectionClosedError(
-                                CloseCode.ABNORMAL, f"node {slot} holding this member is gone"
-                            )
-                        )
-                        outcomes.append(Outcome(int(member), error=error))
+            # Nodes that did not answer: the index names their members. If
+            # the backplane cannot say who they are, the list would lack
+            # them silently: raise instead, with the outcomes there are.
+            try:
+                named = await self._members_of(sorted(missing), group, gather)
+            except BackplaneError as exc:
+                lost = BackplaneError(
+                    f"node(s) {sorted(missing)} did not answer the broadcast and the backplane"
+                    f" cannot name their members ({exc}); the outcomes are incomplete"
+                )
+                lost.outcomes = outcomes
+                raise lost from exc
+            for member, error in named:
+                if member not in seen:
+                    seen.add(member)
+                    outcomes.append(Outcome(member, error=error))
+        unheard = (gather.expected or 0) - len(gather.answered) - len(missing)
+        if unheard > 0 and group is not None and gather.candidates is None:
+            lost = BackplaneError(
+                f"{unheard} node(s) did not answer the broadcast and the group index could"
+                " not be read to name their members; the outcomes are incomplete"
+            )
+            lost.outcomes = outcomes
+            raise lost
+        if unheard > 0:
+            # Nodes got the broadcast and neither answered nor appear in the
+            # index (a member added so recently that its node had not yet
+            # written the index): their members cannot be named.
+            logger.warning(
+                "broadcast to %r: %d node(s) did not answer and the group index names no"
+                " member of theirs; their members, if any, are not in the outcomes",
+                group,
+                unheard,
+            )
         return outcomes
+
+    async def _members_of(
+        self, slots: list[int], group: str, gather: _Gather
+    ) -> list[tuple[int, Exception]]:
+        """The members the index names on ``slots``, each with the error to report."""
+        named: list[tuple[int, Exception]] = []
+        for slot in slots:
+            alive = slot not in gather.dead and (
+                await self._backplane.get(f"slot:{slot}") is not None
+            )
+            for member in sorted(await self._backplane.members(f"g:{slot}:{group}")):
+                if not member.isdigit():
+                    continue
+                named.append(
+                    (
+                        int(member),
+                        RpcTimeoutError(f"node {slot} did not answer the broadcast in time")
+                        if alive
+                        else ConnectionClosedError(
+                            CloseCode.ABNORMAL, f"node {slot} holding this member is gone"
+                        ),
+                    )
+                )
+        return named
 
     # -- receiving ----------------------------------------------------------------
 
