@@ -37,11 +37,15 @@ parents gains at most as many extra running calls as we have calls out.
 Streams. A call to a provider's async generator streams its items (see
 ``docs/streams.md``). The consumer (the caller) grants the producer a window
 of :data:`STREAM_WINDOW` items in its stream call and grants more as its user
-takes them, so at most that many wait on the consumer. The producer runs the
-generator in a task counted like an async call, pulls the next item only
-when it holds credit, so a consumer that stops iterating pauses the
-generator, and waits for the write buffer to drain after each item, so
-that even a consumer granting credit without bound cannot make it buffer.
+takes them, so at most a window waits on the consumer; the window is resized
+at each grant to :data:`STREAM_WINDOW_BYTES` worth of the items received,
+within :data:`STREAM_WINDOW` and :data:`STREAM_MAX_WINDOW` items. The
+producer runs the generator in a task counted like an async call, pulls the
+next item only when it holds credit, so a consumer that stops iterating
+pauses the generator, and waits for the write buffer to drain after each
+frame, so that even a consumer granting credit without bound cannot make it
+buffer. To a peer that takes ITEMS, the items the generator makes without
+waiting travel several per frame (see :meth:`Communicator._produce`).
 Leaving the ``async for`` (the iterator dropped), ``aclose()``, a timeout or
 a cancellation sends CANCEL; the producer's task is cancelled and the
 generator closed (its ``finally`` runs).
@@ -119,7 +123,6 @@ window is this many bytes' worth of items, within :data:`STREAM_WINDOW` and
 :data:`STREAM_MAX_WINDOW`. Small items fill a window of 256, so that enough
 of them are in flight to cover a round trip; items over 64 KiB get 16."""
 MAX_CREDIT = 1024
-_BATCH_ITEMS = 1024
 """The most credit a producer holds, whatever its consumer grants; beyond
 it, grants are clipped (the write buffer bounds what is sent anyway)."""
 
@@ -901,11 +904,6 @@ class Communicator:
                                 raise protocol.item_too_large(length)
                         batch.append(packed)
                         size += length
-                        if len(batch) >= _BATCH_ITEMS:
-                            channel.send(protocol.send_items(uid, batch))
-                            batch = []
-                            size = 0
-                            sent = True
                     else:
                         channel.send(protocol.send_item(uid, item))
                         sent = True
