@@ -29,12 +29,17 @@ Markdown table per transport and the targets of issue 16:
 * ``raw``: items/s of the same messages on the raw library, timed by the client;
 * ``paused``: ``--paused`` streams of ``paused(1024)`` opened at once, one
   item taken from each, then left unread: the server's RSS growth per paused
-  stream once they stopped (each holds at most its credit of items), the
-  items produced, and the RSS growth during one more second (none: the
-  generators are paused, not buffering).
+  stream once they stopped, the items produced (16 each: the first window),
+  and the server's RSS growth during one more second (none: the generators
+  are paused, not buffering); the client's RSS growth per stream (the items
+  it holds, unread);
+* ``paused_after_100``: the same with 100 items read from each stream
+  first, once the window has grown to 256 items (1 KiB items): 264 items
+  made per stream, 164 of them held unread by the client.
 
 It writes every repetition, the medians, the ratios and the targets as JSON
-(``--out``, default ``results/streams.json``). Run it (under a minute)::
+(``--out``, default ``results/streams.json``; the same table in Markdown
+next to it, ``.md``). Run it (under a minute)::
 
     .venv/bin/python benchmarks/streams.py
     .venv/bin/python benchmarks/streams.py --transports picows --repeat 5
@@ -321,30 +326,51 @@ async def measure(
             reps["calls"].append(calls_n / await remote.push(calls_n))
             reps["raw"].append(n / await raw.take(n))
         await raw.close()
-        # Paused streams: opened, one item taken from each, then left unread.
-        before = rss_kib(pid)
-        streams = [aiter(remote.paused(1024)) for _ in range(args.paused)]
-        for stream in streams:
+        result: dict[str, Any] = {
+            key: {"reps": values, "median": statistics.median(values)}
+            for key, values in reps.items()
+        }
+        result["paused"] = await paused(args, remote, pid, read=1)
+        result["paused_after_100"] = await paused(args, remote, pid, read=100)
+    return result
+
+
+async def paused(
+    args: argparse.Namespace, remote: ServerRemote, pid: int, *, read: int
+) -> dict[str, Any]:
+    """
+    ``--paused`` streams of 1 KiB items opened at once, ``read`` items taken
+    from each, then left unread: what they made, and the memory they hold.
+    """
+    start = await remote.produced()
+    server_before, client_before = rss_kib(pid), rss_kib(os.getpid())
+    streams = [aiter(remote.paused(1024)) for _ in range(args.paused)]
+    for stream in streams:
+        for _ in range(read):
             await anext(stream)
-        while await remote.produced() < args.paused * STREAM_WINDOW:
-            pass  # round trips until every generator used its credit
-        produced = await remote.produced()
-        paused_rss = rss_kib(pid)
-        await asyncio.sleep(1.0)  # measuring that nothing grows: time is the point here
-        later = rss_kib(pid)
-        produced_later = await remote.produced()
-    result: dict[str, Any] = {
-        key: {"reps": values, "median": statistics.median(values)} for key, values in reps.items()
-    }
-    result["paused"] = {
+    # Round trips until the count stops moving: every generator used its
+    # credit (credit and calls share the connection, in order).
+    produced, still = await remote.produced(), 0
+    while still < 3 or produced - start < args.paused * max(read, STREAM_WINDOW):
+        now = await remote.produced()
+        still = still + 1 if now == produced else 0
+        produced = now
+    server_paused, client_paused = rss_kib(pid), rss_kib(os.getpid())
+    await asyncio.sleep(1.0)  # measuring that nothing grows: time is the point here
+    server_later = rss_kib(pid)
+    produced_later = await remote.produced()
+    for stream in streams:
+        await stream.aclose()  # type: ignore[attr-defined]  # a wsrpc Stream
+    return {
         "streams": args.paused,
         "item_bytes": 1024,
-        "kib_per_stream": (paused_rss - before) / args.paused,
-        "produced": produced,
-        "produced_one_second_later": produced_later,
-        "growth_kib_over_one_second": later - paused_rss,
+        "read_per_stream": read,
+        "kib_per_stream": (server_paused - server_before) / args.paused,
+        "client_kib_per_stream": (client_paused - client_before) / args.paused,
+        "produced": produced - start,
+        "produced_one_second_later": produced_later - start,
+        "growth_kib_over_one_second": server_later - server_paused,
     }
-    return result
 
 
 def run_transport(args: argparse.Namespace, transport: wsrpc.TransportName) -> dict[str, Any]:
@@ -439,20 +465,42 @@ def table(args: argparse.Namespace, report: dict[str, Any]) -> str:
         lines.append(f"- `{transport}`: stream {figures['stream_vs_raw']:.2f}x its raw library")
     lines.append("")
     for transport, figures in results.items():
-        paused = figures["paused"]
-        lines.append(
-            f"`{transport}`: {paused['streams']} paused streams of 1 KiB items: "
-            f"{paused['kib_per_stream']:.1f} KiB of server RSS each, "
-            f"{paused['produced']} items produced "
-            f"({paused['produced_one_second_later']} one second later), "
-            f"RSS growth over that second {paused['growth_kib_over_one_second']:.0f} KiB"
-        )
+        for key in ("paused", "paused_after_100"):
+            paused = figures[key]
+            lines.append(
+                f"`{transport}`: {paused['streams']} paused streams of 1 KiB items"
+                f" ({paused['read_per_stream']} read from each): "
+                f"{paused['kib_per_stream']:.1f} KiB of server RSS each, "
+                f"{paused['produced']} items produced "
+                f"({paused['produced_one_second_later']} one second later), "
+                f"RSS growth over that second {paused['growth_kib_over_one_second']:.0f} KiB; "
+                f"the client's RSS grew by {paused['client_kib_per_stream']:.1f} KiB per stream"
+            )
     return "\n".join(lines)
+
+
+def wsrpc_revision() -> str:
+    """The commit of the wsrpc measured (its checkout's), ``+dirty`` with changes in wsrpc/."""
+    root = Path(wsrpc.__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "wsrpc"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"unknown ({root})"
+    return f"{head or 'unknown'}{'+dirty' if dirty else ''} ({root})"
 
 
 def meta(args: argparse.Namespace, transports: list[wsrpc.TransportName]) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH_DIR))
-    import run  # the harness's description of the machine, versions and commit
+    import run  # the harness's description of the machine and versions
 
     return {
         "benchmark": "streams",
@@ -466,7 +514,7 @@ def meta(args: argparse.Namespace, transports: list[wsrpc.TransportName]) -> dic
         "stream_window": STREAM_WINDOW,
         "machine": run.machine(),
         "versions": run.versions(),
-        "wsrpc_commit": run.wsrpc_revision(),
+        "wsrpc": wsrpc_revision(),
         "load_average": os.getloadavg(),
     }
 
@@ -481,12 +529,16 @@ def main() -> int:
         help="comma-separated, default both (picows only when picows and uvloop are installed)",
     )
     parser.add_argument("--items", type=int, default=100_000, help="items per stream and raw run")
-    parser.add_argument("--call-items", type=int, default=10_000, help="items of one push() run")
+    parser.add_argument(
+        "--call-items", type=int, help="items of one push() run (default: a tenth of --items)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--paused", type=int, default=100)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "streams.json")
     parser.add_argument("--no-out", dest="out", action="store_const", const=None)
     args = parser.parse_args()
+    if args.call_items is None:
+        args.call_items = max(1, args.items // 10)
     if args.mode == "server":
         run_loop(args.transport, lambda: serve(args.transport))
         return 0
