@@ -885,7 +885,11 @@ class Communicator:
                         break
                     else:
                         if batch:  # the generator waits: what it made goes out first
-                            channel.send(protocol.send_items(uid, batch))
+                            try:
+                                channel.send(protocol.send_items(uid, batch))
+                            except ChannelClosed:
+                                _cancel_step(step)  # so that aclose() below can run
+                                raise
                             batch = []
                             size = 0
                             sent = True
@@ -1129,6 +1133,20 @@ class _Producer:
     def __init__(self, credit: int) -> None:
         self.credit = credit
         self.waiter: asyncio.Future[None] | None = None
+
+
+def _cancel_step(step: Generator[Any, Any, Any]) -> None:
+    """
+    Cancel a generator step suspended in an ``await`` of the generator's: a
+    CancelledError there, as a task's cancellation would raise, so that the
+    generator ends and can be closed (an ``aclose()`` of an async generator
+    in the middle of a step raises RuntimeError, and closing the step does
+    not end it on Python 3.11).
+    """
+    try:
+        step.throw(asyncio.CancelledError())
+    except (Exception, asyncio.CancelledError):
+        pass  # ended: what it raised does not matter, nobody waits for it
 
 
 class _Resumed:

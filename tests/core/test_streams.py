@@ -29,6 +29,7 @@ from wsrpc._communicator import (
     STREAM_WINDOW,
     STREAM_WINDOW_BYTES,
 )
+from wsrpc._transports.base import ChannelClosed
 from wsrpc.codecs import MsgpackCodec
 from wsrpc.driver import Drivers
 from wsrpc.exceptions import (
@@ -392,6 +393,43 @@ async def test_a_fast_generator_batches_and_a_waiting_one_sends_what_it_made() -
     assert [await stream.__anext__(), await stream.__anext__()] == [1, 2]
     ticker.go.set()
     assert [item async for item in stream] == [3]
+
+
+async def test_a_connection_closing_as_a_waiting_generator_sends_its_items_ends_it() -> None:
+    class Waiting:
+        def __init__(self) -> None:
+            self.started = False
+            self.ended: list[str] = []
+
+        async def items(self) -> AsyncIterator[int]:
+            try:
+                yield 1
+                self.started = True
+                await asyncio.Event().wait()  # sends 1 first: the socket is gone
+                yield 2
+            except asyncio.CancelledError:
+                self.ended.append("cancelled")
+                raise
+            finally:
+                self.ended.append("finally")
+
+    client_end, server_end = channel_pair()
+    client_protocol, server_protocol = open_protocols()
+    provider = Waiting()
+    server, _ = communicator(server_end, server_protocol, provider)
+    client_end.start(lambda frame: None, lambda: None)
+
+    def closed(data: bytes | str) -> None:
+        raise ChannelClosed(1006, "")
+
+    server_end.send = closed  # type: ignore[method-assign]
+    _, frame = client_protocol.send_call("items", [], None, credit=16)
+    client_end.send(frame)
+    await settle()
+    # The step is cancelled where it waits, so the generator's finally runs
+    # and the stream ends quietly (the channel reports the close).
+    assert provider.started and provider.ended == ["cancelled", "finally"]
+    assert server.running_calls() == [] and server._producers == {}
 
 
 async def test_a_producer_sends_one_item_per_frame_to_a_peer_announcing_streams_1() -> None:
