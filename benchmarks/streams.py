@@ -515,7 +515,7 @@ def meta(args: argparse.Namespace, transports: list[wsrpc.TransportName]) -> dic
         "machine": run.machine(),
         "versions": run.versions(),
         "wsrpc": wsrpc_revision(),
-        "load_average": os.getloadavg(),
+        "load_average_end": os.getloadavg(),
     }
 
 
@@ -553,6 +553,7 @@ def main() -> int:
             continue
         transports.append(name)
     started = time.monotonic()
+    load_start = os.getloadavg()
     results: dict[str, dict[str, Any]] = {t: run_transport(args, t) for t in transports}
     ratio = ratios(results)
     report: dict[str, Any] = {
@@ -562,6 +563,7 @@ def main() -> int:
         "targets": targets(ratio),
     }
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    report["meta"]["load_average_start"] = load_start
     print(table(args, report))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
