@@ -122,6 +122,10 @@ average size of the items it received since it last granted credit: the
 window is this many bytes' worth of items, within :data:`STREAM_WINDOW` and
 :data:`STREAM_MAX_WINDOW`. Small items fill a window of 256, so that enough
 of them are in flight to cover a round trip; items over 64 KiB get 16."""
+_BATCH_DELAY = 0.001
+"""Seconds the first item of a batch waits, at most, for the items after it
+(see :meth:`Communicator._produce`)."""
+_clock = time.monotonic
 MAX_CREDIT = 1024
 """The most credit a producer holds, whatever its consumer grants; beyond
 it, grants are clipped (the write buffer bounds what is sent anyway)."""
@@ -827,8 +831,9 @@ class Communicator:
         together, in one frame: the batch is sent when the generator is
         about to wait (its step did not finish at once), when the credit
         runs out, when it would grow past the protocol's
-        :attr:`~wsrpc.protocol.RpcProtocol.batch_limit`, and at the end. So
-        a slow generator's items leave as they come, one per frame, and a
+        :attr:`~wsrpc.protocol.RpcProtocol.batch_limit`, when its first
+        item has waited :data:`_BATCH_DELAY` (1 ms), and at the end. So a
+        slow generator's items leave as they come, one per frame, and a
         fast one's in frames of up to the window.
         """
         uid = call.uid
@@ -843,6 +848,7 @@ class Communicator:
             largest = protocol.item_limit
         batch: list[bytes] = []  # items packed, not sent yet
         size = 0  # their bytes
+        since = 0.0  # when its first item was made
         sent = False  # a frame went out since the write buffer was last checked
         generator: AsyncGenerator[Any, None] | None = None
         value: Any = None
@@ -906,8 +912,20 @@ class Communicator:
                                 sent = True
                             if largest is not None and length > largest:
                                 raise protocol.item_too_large(length)
-                        batch.append(packed)
-                        size += length
+                        if batch:
+                            batch.append(packed)
+                            size += length
+                            if _clock() - since >= _BATCH_DELAY:
+                                # A generator slow without waiting (blocking
+                                # work): its items must not wait for a batch.
+                                channel.send(protocol.send_items(uid, batch))
+                                batch = []
+                                size = 0
+                                sent = True
+                        else:
+                            batch.append(packed)
+                            size = length
+                            since = _clock()
                     else:
                         channel.send(protocol.send_item(uid, item))
                         sent = True

@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from wsrpc import _communicator
 from wsrpc._communicator import (
     MAX_CREDIT,
     STREAM_MAX_WINDOW,
@@ -393,6 +394,31 @@ async def test_a_fast_generator_batches_and_a_waiting_one_sends_what_it_made() -
     assert [await stream.__anext__(), await stream.__anext__()] == [1, 2]
     ticker.go.set()
     assert [item async for item in stream] == [3]
+
+
+async def test_a_generator_slow_without_waiting_sends_its_items_within_a_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock that moves 1 ms each time it is read: every item has waited
+    # the batch's delay by the time the next one is made.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(_communicator, "_clock", lambda: next(ticks) / 1000)
+    client_end, server_end = channel_pair()
+    client_protocol, server_protocol = open_protocols()
+    received: list[bytes] = []
+    send = server_end.send
+
+    def recording(data: bytes | str) -> None:
+        assert isinstance(data, bytes)
+        received.append(data)
+        send(data)
+
+    server_end.send = recording  # type: ignore[method-assign]
+    communicator(server_end, server_protocol, Ticker())
+    client, _ = communicator(client_end, client_protocol, None)
+    assert [item async for item in client.stream("ticks", (10,), {}, None)] == list(range(10))
+    batches = [len(message[2]) for message in frames(received) if message[0] == 9]
+    assert batches == [2] * 5  # each batch sent at its second item
 
 
 async def test_a_connection_closing_as_a_waiting_generator_sends_its_items_ends_it() -> None:
