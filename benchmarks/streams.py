@@ -45,6 +45,8 @@ next to it, ``.md``). Run it (under a minute)::
     .venv/bin/python benchmarks/streams.py --transports picows --repeat 5
 
 picows and uvloop are optional: without them, only ``websockets`` runs.
+``--base CHECKOUT`` measures another commit's wsrpc too, in the same run
+(each in client processes of their own: ``python streams.py measure``).
 """
 
 from __future__ import annotations
@@ -455,6 +457,18 @@ def table(args: argparse.Namespace, report: dict[str, Any]) -> str:
             cells.append(f"{value:,.0f} items/s ({value / figures['raw']['median']:.2f}x)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| raw library | " + " | ".join(RAW_LABEL[t] for t in results) + " |")
+    if "base" in report:
+        before = report["base"]["results"]
+        for key, label in (
+            ("stream", "wsrpc stream, `--base`"),
+            ("calls", "one call per item, `--base`"),
+            ("raw", "raw library, in `--base`'s processes"),
+        ):
+            cells = []
+            for figures in before.values():
+                value = figures[key]["median"]
+                cells.append(f"{value:,.0f} items/s ({value / figures['raw']['median']:.2f}x)")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for target in report["targets"]:
         verdict = "met" if target["met"] else "NOT met"
@@ -463,6 +477,17 @@ def table(args: argparse.Namespace, report: dict[str, Any]) -> str:
         )
     for transport, figures in ratio.items():
         lines.append(f"- `{transport}`: stream {figures['stream_vs_raw']:.2f}x its raw library")
+    if "base" in report:
+        lines.append(f"- `--base` is {report['base']['wsrpc']}; its targets:")
+        for target in report["base"]["targets"]:
+            lines.append(
+                f"  - {target['target']}, `{target['transport']}`: {target['measured']:.2f}x"
+            )
+        for transport, gain in report["base"]["after_vs_base"].items():
+            lines.append(
+                f"- `{transport}`: stream {gain['stream']:.2f}x `--base`'s,"
+                f" one call per item {gain['calls']:.2f}x, raw {gain['raw']:.2f}x"
+            )
     lines.append("")
     for transport, figures in results.items():
         for key in ("paused", "paused_after_100"):
@@ -479,9 +504,27 @@ def table(args: argparse.Namespace, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def wsrpc_revision() -> str:
-    """The commit of the wsrpc measured (its checkout's), ``+dirty`` with changes in wsrpc/."""
-    root = Path(wsrpc.__file__).resolve().parent.parent
+def measure_in(args: argparse.Namespace, transport: str, checkout: Path) -> dict[str, Any]:
+    """The figures of ``transport`` measured in a client process running ``checkout``'s wsrpc."""
+    options = ["--items", str(args.items), "--call-items", str(args.call_items)]
+    options += ["--repeat", str(args.repeat), "--paused", str(args.paused)]
+    completed = subprocess.run(
+        [sys.executable, __file__, "measure", "--transport", transport, *options],
+        env=dict(os.environ, PYTHONPATH=str(checkout)),  # the server inherits it
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    line = [x for x in completed.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return result
+
+
+def wsrpc_revision(root: Path | None = None) -> str:
+    """The commit of a wsrpc checkout (the one measured), ``+dirty`` with changes in wsrpc/."""
+    if root is None:
+        root = Path(wsrpc.__file__).resolve().parent.parent
     git = ["git", "-C", str(root)]
     try:
         head = subprocess.run(
@@ -521,7 +564,9 @@ def meta(args: argparse.Namespace, transports: list[wsrpc.TransportName]) -> dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="client", choices=["client", "server"])
+    parser.add_argument(
+        "mode", nargs="?", default="client", choices=["client", "server", "measure"]
+    )
     parser.add_argument("--transport", default="websockets", choices=TRANSPORTS)
     parser.add_argument(
         "--transports",
@@ -536,11 +581,20 @@ def main() -> int:
     parser.add_argument("--paused", type=int, default=100)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "streams.json")
     parser.add_argument("--no-out", dest="out", action="store_const", const=None)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another commit's checkout (git worktree add): its wsrpc is measured too, "
+        "in the same run, each transport's figures next to this one's",
+    )
     args = parser.parse_args()
     if args.call_items is None:
         args.call_items = max(1, args.items // 10)
     if args.mode == "server":
         run_loop(args.transport, lambda: serve(args.transport))
+        return 0
+    if args.mode == "measure":  # one transport, for --base: the results on stdout
+        print("RESULT " + json.dumps(run_transport(args, args.transport)), flush=True)
         return 0
     transports: list[wsrpc.TransportName] = []
     for name in args.transports.split(","):
@@ -554,7 +608,18 @@ def main() -> int:
         transports.append(name)
     started = time.monotonic()
     load_start = os.getloadavg()
-    results: dict[str, dict[str, Any]] = {t: run_transport(args, t) for t in transports}
+    results: dict[str, dict[str, Any]] = {}
+    base: dict[str, dict[str, Any]] = {}
+    if args.base is None:
+        results = {t: run_transport(args, t) for t in transports}
+    else:
+        # Each wsrpc in processes of its own, one after the other, the
+        # order alternating between the transports.
+        here = Path(wsrpc.__file__).resolve().parent.parent
+        for number, transport in enumerate(transports):
+            order = [(here, results), (args.base.resolve(), base)]
+            for checkout, into in order[:: 1 if number % 2 == 0 else -1]:
+                into[transport] = measure_in(args, transport, checkout)
     ratio = ratios(results)
     report: dict[str, Any] = {
         "meta": meta(args, transports),
@@ -562,6 +627,20 @@ def main() -> int:
         "ratios": ratio,
         "targets": targets(ratio),
     }
+    if base:
+        report["base"] = {
+            "wsrpc": wsrpc_revision(args.base.resolve()),
+            "results": base,
+            "ratios": ratios(base),
+            "targets": targets(ratios(base)),
+            "after_vs_base": {
+                t: {
+                    key: results[t][key]["median"] / base[t][key]["median"]
+                    for key in ("stream", "calls", "raw")
+                }
+                for t in transports
+            },
+        }
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
     report["meta"]["load_average_start"] = load_start
     print(table(args, report))
