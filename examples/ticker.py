@@ -12,8 +12,9 @@ Things worth noticing:
   the server, whose generator sees ``GeneratorExit`` at its ``yield`` and runs
   its ``finally`` (the server prints it);
 * the generator never runs ahead of its reader: the client grants it a
-  window of 16 quotes and more only as it takes them, so a reader that
-  stops reading pauses the generator instead of filling memory;
+  window of 16 quotes (up to 256 once it has seen that they are small) and
+  more only as it takes them, so a reader that stops reading pauses the
+  generator instead of filling memory;
 * ``history(symbol, count)`` is a finite stream: it ends by returning;
 * an exception in the generator (an unknown symbol) reaches the client as
   :exc:`wsrpc.RemoteError`, after the quotes sent before it;

@@ -13,7 +13,7 @@ import msgpack
 
 from wsrpc.codecs import Codec, MsgpackCodec
 from wsrpc.exceptions import EncodeError
-from wsrpc.messages import Accept, Call, Cancel, Error, Header, Message, Return
+from wsrpc.messages import Accept, Call, Cancel, Credit, Error, Header, Item, Items, Message, Return
 from wsrpc.tgrid import TgridCodec
 
 HERE = pathlib.Path(__file__).parent
@@ -36,6 +36,14 @@ MESSAGES: list[Message] = [
     Error(3, "KeyError", "'k'", "Traceback"),
     Cancel(7),
     Cancel(1),
+    # streams (the msgpack codec only)
+    Accept(max_calls=4, max_size=2**20, streams=2),
+    Call(3, "ticks", [3], None, None, 16),
+    Call(4, "ticks", [], {"k": 1}, 7, 256),
+    Item(3, VALUE),
+    Items(3, [1, "a", VALUE]),
+    Items(3, list(range(300))),
+    Credit(3, 8),
 ]
 
 

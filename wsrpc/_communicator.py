@@ -37,11 +37,15 @@ parents gains at most as many extra running calls as we have calls out.
 Streams. A call to a provider's async generator streams its items (see
 ``docs/streams.md``). The consumer (the caller) grants the producer a window
 of :data:`STREAM_WINDOW` items in its stream call and grants more as its user
-takes them, so at most that many wait on the consumer. The producer runs the
-generator in a task counted like an async call, pulls the next item only
-when it holds credit, so a consumer that stops iterating pauses the
-generator, and waits for the write buffer to drain after each item, so
-that even a consumer granting credit without bound cannot make it buffer.
+takes them, so at most a window waits on the consumer; the window is resized
+at each grant to :data:`STREAM_WINDOW_BYTES` worth of the items received,
+within :data:`STREAM_WINDOW` and :data:`STREAM_MAX_WINDOW` items. The
+producer runs the generator in a task counted like an async call, pulls the
+next item only when it holds credit, so a consumer that stops iterating
+pauses the generator, and waits for the write buffer to drain after each
+frame, so that even a consumer granting credit without bound cannot make it
+buffer. To a peer that takes ITEMS, the items the generator makes without
+waiting travel several per frame (see :meth:`Communicator._produce`).
 Leaving the ``async for`` (the iterator dropped), ``aclose()``, a timeout or
 a cancellation sends CANCEL; the producer's task is cancelled and the
 generator closed (its ``finally`` runs).
@@ -64,7 +68,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 from ._transports.base import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
@@ -78,12 +82,20 @@ from .exceptions import (
     StateError,
     ValidationError,
 )
-from .messages import Call, CloseCode, Credit, Error, Item, Return
+from .messages import Call, CloseCode, Credit, Error, Item, Items, Return
 from .protocol import RpcProtocol
 from .states import CloseInfo
 from .validation import NATIVE_JSON, NATIVE_MSGPACK, ConvertedItems, validator_for
 
-__all__ = ["MAX_CREDIT", "STREAM_WINDOW", "Communicator", "Stream", "close_info_of"]
+__all__ = [
+    "MAX_CREDIT",
+    "STREAM_MAX_WINDOW",
+    "STREAM_WINDOW",
+    "STREAM_WINDOW_BYTES",
+    "Communicator",
+    "Stream",
+    "close_info_of",
+]
 
 logger = logging.getLogger("wsrpc")
 
@@ -100,8 +112,20 @@ _TIMED_ABOVE = 256
 at most tens of microseconds, like the handling of any message."""
 
 STREAM_WINDOW = 16
-"""Items a consumer lets a producer send ahead: the credit a stream starts
-with, granted again, half a window at a time, as its user takes items."""
+"""Items a consumer lets a producer send ahead when a stream starts (the
+credit of its STREAM message), and the fewest it ever lets it."""
+STREAM_MAX_WINDOW = 256
+"""The most items a consumer lets a producer send ahead (small items)."""
+STREAM_WINDOW_BYTES = 1_048_576
+"""Bytes of items a consumer lets a producer send ahead, counted by the
+average size of the items it received since it last granted credit: the
+window is this many bytes' worth of items, within :data:`STREAM_WINDOW` and
+:data:`STREAM_MAX_WINDOW`. Small items fill a window of 256, so that enough
+of them are in flight to cover a round trip; items over 64 KiB get 16."""
+_BATCH_DELAY = 0.001
+"""Seconds the first item of a batch waits, at most, for the items after it
+(see :meth:`Communicator._produce`)."""
+_clock = time.monotonic
 MAX_CREDIT = 1024
 """The most credit a producer holds, whatever its consumer grants; beyond
 it, grants are clipped (the write buffer bounds what is sent anyway)."""
@@ -349,9 +373,33 @@ class Communicator:
         if cancel is not None and self.closed is None:
             self._send_quietly(cancel)
 
+    def _on_items(self, uid: int, values: list[Any], size: int) -> None:
+        """Items of our stream ``uid`` arrived in one ITEMS of ``size`` bytes: one wake-up."""
+        inbox = self._inboxes.get(uid)
+        if inbox is not None:
+            inbox.items.extend(values)
+            inbox.received += len(values)
+            inbox.received_bytes += size
+            waiter = inbox.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
     def _grant(self, uid: int, inbox: _Inbox) -> None:
-        """Give the producer of stream ``uid`` back the credit its user consumed."""
-        count, inbox.consumed = inbox.consumed, 0
+        """
+        Fill the window of stream ``uid`` again: its user took half of it.
+
+        The window is resized first, to :data:`STREAM_WINDOW_BYTES` worth
+        of the items received since the last grant (see there).
+        """
+        if inbox.received:
+            window = STREAM_WINDOW_BYTES * inbox.received // inbox.received_bytes
+            window = min(max(window, STREAM_WINDOW), STREAM_MAX_WINDOW)
+            inbox.window = window
+            inbox.received = inbox.received_bytes = 0
+        count = inbox.window - inbox.lent
+        if count <= 0:
+            return  # the window shrank (larger items): grant once it is half used
+        inbox.lent = inbox.window
         frame = self._protocol.send_credit(uid, count)
         if frame is not None and self.closed is None:
             self._send_quietly(frame)
@@ -553,9 +601,14 @@ class Communicator:
             inbox = self._inboxes.get(message.uid)
             if inbox is not None:
                 inbox.items.append(message.value)
+                inbox.received += 1
+                inbox.received_bytes += len(data)
                 waiter = inbox.waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+        elif kind is Items:
+            assert isinstance(message, Items)
+            self._on_items(message.uid, message.values, len(data))
         elif kind is Credit:
             assert isinstance(message, Credit)
             self._on_credit(message.uid, message.count)
@@ -783,12 +836,33 @@ class Communicator:
             waiter.set_result(None)
 
     async def _produce(self, call: Call, func: Callable[..., Any]) -> None:
-        """Run the peer's stream call ``call``: send the generator's items as credit allows."""
+        """
+        Run the peer's stream call ``call``: send the generator's items as credit allows.
+
+        To a peer that takes ITEMS (see :attr:`RpcProtocol.batches_items`),
+        the items the generator makes without waiting for anything go out
+        together, in one frame: the batch is sent when the generator is
+        about to wait (its step did not finish at once), when the credit
+        runs out, when it would grow past the protocol's
+        :attr:`~wsrpc.protocol.RpcProtocol.batch_limit`, when its first
+        item has waited :data:`_BATCH_DELAY` (1 ms), and at the end. So a
+        slow generator's items leave as they come, one per frame, and a
+        fast one's in frames of up to the window.
+        """
         uid = call.uid
         _serving.set((self, uid))  # calls the generator makes are nested, as in _run
         producer = self._producers[uid]
         protocol = self._protocol
         channel = self._channel
+        batching = protocol.batches_items
+        if batching:
+            pack = protocol.pack_item
+            limit = protocol.batch_limit
+            largest = protocol.item_limit
+        batch: list[bytes] = []  # items packed, not sent yet
+        size = 0  # their bytes
+        since = 0.0  # when its first item was made
+        sent = False  # a frame went out since the write buffer was last checked
         generator: AsyncGenerator[Any, None] | None = None
         value: Any = None
         failed = False
@@ -796,27 +870,81 @@ class Communicator:
             try:
                 generator = func(*call.args, **call.kwargs) if call.kwargs else func(*call.args)
                 assert generator is not None
+                step_of = generator.__anext__
                 while True:
-                    while producer.credit <= 0:
+                    if producer.credit <= 0:
+                        if batch:
+                            channel.send(protocol.send_items(uid, batch))
+                            batch = []
+                            size = 0
+                            sent = True
                         # Out of credit: the generator stays paused at its yield.
-                        waiter = producer.waiter = self._loop.create_future()
-                        try:
-                            await waiter
-                        finally:
-                            producer.waiter = None
+                        while producer.credit <= 0:
+                            waiter = producer.waiter = self._loop.create_future()
+                            try:
+                                await waiter
+                            finally:
+                                producer.waiter = None
+                    if sent:
+                        sent = False
+                        if channel.writing_paused:
+                            try:
+                                await channel.drain()
+                            except ConnectionError:  # websockets' drain: the connection is gone
+                                protocol.drop_incoming(uid)
+                                return  # the channel reports it
+                    # One step of the generator, driven by hand to see whether
+                    # it finishes at once or waits (see _Resumed).
+                    step = step_of().__await__()
                     try:
-                        item = await generator.__anext__()
+                        yielded = step.send(None)
+                    except StopIteration as done:
+                        item = done.value
                     except StopAsyncIteration:
                         break
+                    else:
+                        if batch:  # the generator waits: what it made goes out first
+                            try:
+                                channel.send(protocol.send_items(uid, batch))
+                            except ChannelClosed:
+                                _cancel_step(step)  # so that aclose() below can run
+                                raise
+                            batch = []
+                            size = 0
+                            sent = True
+                        item = await _Resumed(step, yielded)
                     producer.credit -= 1
-                    frame = protocol.send_item(uid, item)
-                    try:
-                        channel.send(frame)
-                        if channel.writing_paused:
-                            await channel.drain()
-                    except (ChannelClosed, ConnectionError):
-                        protocol.drop_incoming(uid)
-                        return  # the connection is going: the channel reports it
+                    if batching:
+                        packed = pack(item)
+                        length = len(packed)
+                        if size + length > limit:
+                            if batch:
+                                channel.send(protocol.send_items(uid, batch))
+                                batch = []
+                                size = 0
+                                sent = True
+                            if largest is not None and length > largest:
+                                raise protocol.item_too_large(length)
+                        if batch:
+                            batch.append(packed)
+                            size += length
+                            if _clock() - since >= _BATCH_DELAY:
+                                # A generator slow without waiting (blocking
+                                # work): its items must not wait for a batch.
+                                channel.send(protocol.send_items(uid, batch))
+                                batch = []
+                                size = 0
+                                sent = True
+                        else:
+                            batch.append(packed)
+                            size = length
+                            since = _clock()
+                    else:
+                        channel.send(protocol.send_item(uid, item))
+                        sent = True
+            except ChannelClosed:  # raised by our sends only
+                protocol.drop_incoming(uid)
+                return  # the connection is going: the channel reports it
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -841,6 +969,9 @@ class Communicator:
             if self.closed is not None:
                 protocol.drop_incoming(uid)
                 return
+            if batch:
+                # The items made before the end (or the error) come first.
+                self._send_quietly(protocol.send_items(uid, batch))
             self._send_quietly(
                 protocol.send_error(uid, value) if failed else protocol.send_return(uid, None)
             )
@@ -1003,7 +1134,7 @@ class Communicator:
 class _Inbox:
     """What the communicator keeps of one of our streams, while it runs."""
 
-    __slots__ = ("consumed", "end", "items", "slot", "waiter")
+    __slots__ = ("end", "items", "lent", "received", "received_bytes", "slot", "waiter", "window")
 
     def __init__(self, slot: bool) -> None:
         self.items: deque[Any] = deque()
@@ -1011,8 +1142,16 @@ class _Inbox:
         self.end: Any = None
         """None while the stream runs; then _DONE, or the exception it ended with."""
         self.waiter: asyncio.Future[None] | None = None
-        self.consumed = 0
-        """Items taken since credit was last granted."""
+        self.window = STREAM_WINDOW
+        """Items the producer may send ahead of the user (see :meth:`Communicator._grant`)."""
+        self.lent = STREAM_WINDOW
+        """Credit granted less items taken: the items the producer may still
+        send plus those waiting here. More is granted when it falls to half
+        the window."""
+        self.received = 0
+        """Items received since credit was last granted."""
+        self.received_bytes = 0
+        """The bytes of the frames that carried them."""
         self.slot = slot
         """Whether the stream holds one of the communicator's slots."""
 
@@ -1025,6 +1164,59 @@ class _Producer:
     def __init__(self, credit: int) -> None:
         self.credit = credit
         self.waiter: asyncio.Future[None] | None = None
+
+
+def _cancel_step(step: Generator[Any, Any, Any]) -> None:
+    """
+    Cancel a generator step suspended in an ``await`` of the generator's: a
+    CancelledError there, as a task's cancellation would raise, so that the
+    generator ends and can be closed (an ``aclose()`` of an async generator
+    in the middle of a step raises RuntimeError, and closing the step does
+    not end it on Python 3.11).
+    """
+    try:
+        step.throw(asyncio.CancelledError())
+    except (Exception, asyncio.CancelledError):
+        pass  # ended: what it raised does not matter, nobody waits for it
+
+
+class _Resumed:
+    """
+    The rest of a generator step that did not finish at once, to await.
+
+    :meth:`Communicator._produce` drives each step of the generator by hand
+    (``send(None)``) to learn whether it finishes without waiting. When it
+    yields instead (it awaits a future, a sleep...), the producer sends the
+    items it holds and awaits this object, which hands what the step yielded
+    to the task and goes on driving the step exactly as ``await`` would:
+    values and exceptions (a cancellation) are passed through, and the
+    step's result is the await's.
+    """
+
+    __slots__ = ("_step", "_yielded")
+
+    def __init__(self, step: Generator[Any, Any, Any], yielded: Any) -> None:
+        self._step = step
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        step, yielded = self._step, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = step.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = step.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class Stream:
@@ -1064,7 +1256,12 @@ class Stream:
     async def __anext__(self) -> Any:
         inbox = self._inbox
         if inbox is not None and inbox.items:
-            return self._take(inbox)  # the fast path: an item is here already
+            # The fast path, an item is here already: _take(), inlined.
+            value = inbox.items.popleft()
+            inbox.lent -= 1
+            if inbox.lent <= inbox.window >> 1 and inbox.end is None:
+                self._comm._grant(self._uid, inbox)
+            return value
         timeout = self._timeout
         if timeout is None:
             return await self._next()
@@ -1105,9 +1302,10 @@ class Stream:
                 inbox.waiter = None
 
     def _take(self, inbox: _Inbox) -> Any:
+        """The next item of ``inbox``; grants credit when half the window was taken."""
         value = inbox.items.popleft()
-        inbox.consumed += 1
-        if inbox.end is None and inbox.consumed >= STREAM_WINDOW // 2:
+        inbox.lent -= 1
+        if inbox.lent <= inbox.window >> 1 and inbox.end is None:
             self._comm._grant(self._uid, inbox)
         return value
 

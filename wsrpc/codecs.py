@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import gc
 import re
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 import msgpack
@@ -32,6 +33,7 @@ from .messages import (
     Error,
     Header,
     Item,
+    Items,
     Message,
     Return,
 )
@@ -39,6 +41,8 @@ from .tgrid import TgridCodec
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "STREAMS_VERSION",
+    "BatchingCodec",
     "Codec",
     "CodecName",
     "MsgpackCodec",
@@ -50,19 +54,32 @@ __all__ = [
 PROTOCOL_VERSION = 1
 """Version of wsrpc's msgpack protocol, sent in the header message."""
 
+STREAMS_VERSION = 2
+"""The streams wsrpc's msgpack codec takes, announced as ``"streams"`` in the
+handshake's limits: 1 STREAM, ITEM and CREDIT; 2 also ITEMS."""
+
 # Message kinds: the first element of every msgpack message.
-_HEADER, _ACCEPT, _CALL, _RETURN, _ERROR, _CANCEL, _STREAM, _ITEM, _CREDIT = range(9)
+_HEADER, _ACCEPT, _CALL, _RETURN, _ERROR, _CANCEL, _STREAM, _ITEM, _CREDIT, _ITEMS = range(10)
+# The fixed start of ITEM and ITEMS frames: a 3-element array and the kind.
+_ITEM_START = bytes([0x93, _ITEM])
+_ITEMS_START = bytes([0x93, _ITEMS])
 
 _MAX_UID = 2**63 - 1
 
 # Bytes that may start a msgpack map (fixmap, map16, map32) or ext value.
 _MAP_OR_EXT = re.compile(b"[\x80-\x8f\xde\xdf\xc7-\xc9\xd4-\xd8]")
+_map_or_ext = _MAP_OR_EXT.search
+# Types msgpack packs as one scalar: nothing in them for check_packed to find.
+_SCALARS = frozenset([int, float, str, bytes, bool, type(None)])
 # Bytes that may start an array or a map with a 16- or 32-bit length.
 _WIDE_CONTAINER = re.compile(b"[\xdc-\xdf]")
 # Frames over this many bytes decode with the garbage collector off (see decode()).
 _NO_GC_ABOVE = 16_384
 # msgpack's decoder nests at most this deep (its fixed stack size).
 _DECODER_DEPTH = MAX_DEPTH
+# Containers an ITEMS frame's values may hold to stay within the decoder's
+# depth: they sit two arrays deep.
+_VALUE_DEPTH = _DECODER_DEPTH - 2
 # Every byte but those that may start an array or a map.
 _NOT_CONTAINERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
@@ -104,6 +121,28 @@ def encode_default(obj: object) -> Any:
     if isinstance(obj, datetime.datetime):
         return obj.isoformat()
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+class BatchingCodec(Codec, Protocol):
+    """A codec that also sends several stream items per frame (ITEMS, streams 2)."""
+
+    supports_item_batches: bool
+    """True: :meth:`encode_value` and :meth:`encode_items` work."""
+
+    def encode_value(self, value: Any) -> bytes:
+        """
+        ``value`` encoded on its own, to be sent as a stream item by
+        :meth:`encode_items`. Raises :exc:`EncodeError` when it cannot be.
+        """
+        ...
+
+    def encode_items(self, uid: int, values: Sequence[bytes]) -> bytes:
+        """
+        The frame of stream ``uid``'s ``values`` (from :meth:`encode_value`):
+        an ITEM for one, an ITEMS for several. Its size is the values' sizes
+        plus at most 16 bytes.
+        """
+        ...
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -154,6 +193,7 @@ class MsgpackCodec:
     binary = True
     supports_cancel = True
     supports_streams = True
+    supports_item_batches = True
 
     def __init__(
         self,
@@ -203,6 +243,9 @@ class MsgpackCodec:
         elif kind is Item:
             assert isinstance(message, Item)
             obj = [_ITEM, message.uid, message.value]
+        elif kind is Items:
+            assert isinstance(message, Items)
+            obj = [_ITEMS, message.uid, message.values]
         elif kind is Credit:
             assert isinstance(message, Credit)
             obj = [_CREDIT, message.uid, message.count]
@@ -240,6 +283,29 @@ class MsgpackCodec:
         check_packed(frame)
         return frame
 
+    def encode_value(self, value: Any) -> bytes:
+        try:
+            packed = self._packer.pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
+        if type(value) in _SCALARS:
+            return packed  # holds no map, no ext, no nesting
+        # As in encode(), at the depth the value has in an ITEMS frame
+        # ([9, uid, [value]]): two arrays deeper than it is on its own.
+        if _map_or_ext(packed) is not None or (
+            len(packed) >= _VALUE_DEPTH and _containers(packed) >= _VALUE_DEPTH
+        ):
+            check_packed(b"\x91\x91" + packed)
+        return packed
+
+    def encode_items(self, uid: int, values: Sequence[bytes]) -> bytes:
+        # Assembled from the values packed already: nothing is packed twice.
+        if len(values) == 1:
+            return b"".join((_ITEM_START, self._packer.pack(uid), values[0]))
+        header = self._packer.pack_array_header(len(values))
+        return b"".join((_ITEMS_START, self._packer.pack(uid), header, *values))
+
     def decode(self, frame: bytes | str) -> Message:
         if isinstance(frame, str):
             raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
@@ -265,6 +331,11 @@ class MsgpackCodec:
             return Return(_uid(obj[1]), obj[2])
         if kind == _ITEM and size == 3 and type(kind) is int:
             return Item(_uid(obj[1]), obj[2])
+        if kind == _ITEMS and size == 3 and type(kind) is int:
+            values = obj[2]
+            if type(values) is not list or not values:
+                raise _bad("stream items must be a non-empty array")
+            return Items(_uid(obj[1]), values)
         if kind == _CREDIT and size == 3 and type(kind) is int:
             return Credit(_uid(obj[1]), _limit(obj[2], "stream credit"))
         if kind == _STREAM and 6 <= size <= 7 and type(kind) is int:
@@ -408,18 +479,18 @@ def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:
     )
 
 
-def _limits(max_calls: int | None, max_size: int | None, streams: bool) -> dict[str, int]:
+def _limits(max_calls: int | None, max_size: int | None, streams: int) -> dict[str, int]:
     limits = {}
     if max_calls is not None:
         limits["calls"] = max_calls
     if max_size is not None:
         limits["size"] = max_size
     if streams:
-        limits["streams"] = 1
+        limits["streams"] = int(streams)
     return limits
 
 
-def _read_limits(value: object) -> tuple[int | None, int | None, bool]:
+def _read_limits(value: object) -> tuple[int | None, int | None, int]:
     # Unknown keys are ignored so that later versions can add limits (as
     # "streams" was added: a peer without it never reads it).
     if type(value) is not dict:
@@ -429,7 +500,7 @@ def _read_limits(value: object) -> tuple[int | None, int | None, bool]:
     return (
         None if calls is None else _limit(calls, "limits.calls"),
         None if size is None else _limit(size, "limits.size"),
-        streams is not None and _limit(streams, "limits.streams") >= 1,
+        0 if streams is None else _limit(streams, "limits.streams"),
     )
 
 

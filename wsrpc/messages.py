@@ -8,8 +8,8 @@ A connection carries, in order:
    WebSocket close frame, not a message);
 3. then, in both directions and interleaved: :class:`Call`, :class:`Return`,
    :class:`Error` and :class:`Cancel`; and for streams (a :class:`Call` with
-   ``credit``), :class:`Item` from the producer and :class:`Credit` from the
-   consumer.
+   ``credit``), :class:`Item` and :class:`Items` from the producer and
+   :class:`Credit` from the consumer.
 
 Codecs (:mod:`wsrpc.codecs`) turn these into frames and back; the rules about
 which message may come when live in :mod:`wsrpc.protocol`.
@@ -33,6 +33,7 @@ __all__ = [
     "Credit",
     "Header",
     "Item",
+    "Items",
     "Message",
     "Return",
 ]
@@ -73,8 +74,9 @@ class Header:
     """How many calls the client runs at once; None when the peer does not say."""
     max_size: int | None = None
     """The largest frame the client accepts, in bytes; None when it does not say."""
-    streams: bool = False
-    """Whether the client takes stream calls (announced as ``"streams": 1`` in its limits)."""
+    streams: int = 0
+    """The streams the client takes: 0 none, 1 STREAM, ITEM and CREDIT, 2 also
+    ITEMS (announced as ``"streams"`` in its limits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,8 @@ class Accept:
     """How many calls the server runs at once; None when the peer does not say."""
     max_size: int | None = None
     """The largest frame the server accepts, in bytes; None when it does not say."""
-    streams: bool = False
-    """Whether the server takes stream calls (announced as ``"streams": 1`` in its limits)."""
+    streams: int = 0
+    """The streams the server takes, as :attr:`Header.streams`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,17 @@ class Item:
 
 
 @dataclass(frozen=True, slots=True)
+class Items:
+    """Several items of stream ``uid`` in one message, in order (at least one).
+
+    Sent only to a consumer that announced streams 2; each of ``values``
+    counts against the credit as one :class:`Item` does."""
+
+    uid: int
+    values: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Credit:
     """The consumer of stream ``uid`` lets the producer send ``count`` more items."""
 
@@ -151,5 +164,5 @@ class Credit:
     count: int
 
 
-Message = Header | Accept | Call | Return | Error | Cancel | Item | Credit
+Message = Header | Accept | Call | Return | Error | Cancel | Item | Items | Credit
 """Any message of the protocol."""

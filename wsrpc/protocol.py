@@ -24,11 +24,14 @@ Theory of operation::
     streams (when the peer announced them in its limits):
     send_call(credit=n) ── Call (STREAM) ──▶ receive() -> Call with credit
     receive() -> Item    ◀── Item ──          send_item()  (at most the credit)
+    receive() -> Items   ◀── Items ──         pack_item(), send_items()
     send_credit()        ── Credit ──▶        receive() -> Credit
     receive() -> Return/Error ◀──             send_return(None) / send_error()
 
-The core counts the credit of each of our streams: an Item beyond what we
-granted is a protocol violation (1002).
+The core counts the credit of each of our streams: an Item (or one of the
+values of an Items) beyond what we granted is a protocol violation (1002).
+Items, several items in one frame, go only to a peer that announced streams
+version 2 (:attr:`RpcProtocol.batches_items`).
 
 Call ids are chosen by the caller, one counter per direction. The core keeps
 the ids of outgoing calls awaiting a reply, so that a reply arriving after
@@ -43,13 +46,20 @@ from __future__ import annotations
 
 import enum
 import traceback
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from .codecs import Codec
+from .codecs import STREAMS_VERSION, BatchingCodec, Codec
 from .exceptions import EncodeError, ProtocolError, RemoteError, StateError
-from .messages import Accept, Call, Cancel, CloseCode, Credit, Error, Header, Item, Return
+from .messages import Accept, Call, Cancel, CloseCode, Credit, Error, Header, Item, Items, Return
 
-__all__ = ["Phase", "RpcProtocol", "Side"]
+__all__ = ["BATCH_BYTES", "Phase", "RpcProtocol", "Side"]
+
+BATCH_BYTES = 65_536
+"""Most bytes of items one ITEMS frame carries (less when the peer's
+``max_message_size`` is smaller): a batch is sent once it would grow past it."""
+_ITEMS_OVERHEAD = 16
+"""Bytes of an ITEM or ITEMS frame besides its values: array, kind, id, count."""
 
 
 class Side(enum.Enum):
@@ -99,10 +109,17 @@ class RpcProtocol:
         """The peer's advertised concurrency limit; None until known or if never told."""
         self.peer_max_size: int | None = None
         """The peer's advertised frame-size limit; None until known or if never told."""
-        self.peer_streams = False
-        """Whether the peer announced that it takes stream calls."""
-        self.streams: bool = getattr(codec, "supports_streams", False)
-        """Whether this end takes stream calls (announced in its handshake message)."""
+        self.peer_streams = 0
+        """The streams the peer announced it takes (0: none; see :class:`~.messages.Header`)."""
+        self.streams = 0
+        """The streams this end takes, announced in its handshake message: 0
+        none, 1 stream calls, 2 also ITEMS (a codec that batches items)."""
+        self._batcher: BatchingCodec | None = None
+        if getattr(codec, "supports_streams", False):
+            self.streams = 1
+            if getattr(codec, "supports_item_batches", False):
+                self.streams = STREAMS_VERSION
+                self._batcher = cast(BatchingCodec, codec)
         self.credit: dict[int, int] = {}
         """Items each of our streams may still receive (ids also in :attr:`outgoing`)."""
         self.outgoing: set[int] = set()
@@ -207,6 +224,65 @@ class RpcProtocol:
             raise EncodeError(f"stream item is {len(frame)} bytes; the consumer accepts {limit}")
         return frame
 
+    @property
+    def batches_items(self) -> bool:
+        """
+        Whether streams to the peer send their items with :attr:`pack_item`
+        and :meth:`send_items` (the peer announced streams 2), rather than
+        with :meth:`send_item`.
+        """
+        return self.peer_streams >= 2 and self._batcher is not None
+
+    @property
+    def item_limit(self) -> int | None:
+        """
+        Most bytes of one packed item (:attr:`pack_item`): the peer's frame
+        size limit less an ITEM frame's own bytes; None when the peer set none.
+        """
+        limit = self.peer_max_size
+        return None if limit is None else limit - _ITEMS_OVERHEAD
+
+    @property
+    def batch_limit(self) -> int:
+        """
+        Most bytes of packed items that one :meth:`send_items` frame holds,
+        unless a single item is larger (up to :attr:`item_limit`):
+        :data:`BATCH_BYTES`, less when the peer accepts less.
+        """
+        limit = self.item_limit
+        return BATCH_BYTES if limit is None else min(BATCH_BYTES, limit)
+
+    @property
+    def pack_item(self) -> Callable[[Any], bytes]:
+        """
+        The function that encodes a value as a stream item for
+        :meth:`send_items` (only when :attr:`batches_items`); it raises
+        :exc:`EncodeError` when the value cannot be encoded. Taken once per
+        stream: it is called once per item.
+
+        The caller checks each packed item's size: one over
+        :attr:`item_limit` cannot travel (:meth:`item_too_large`).
+        """
+        assert self._batcher is not None
+        return self._batcher.encode_value
+
+    def item_too_large(self, size: int) -> EncodeError:
+        """The error ending a stream whose next item packs to ``size`` bytes, too many."""
+        size += _ITEMS_OVERHEAD
+        return EncodeError(
+            f"stream item is {size} bytes; the consumer accepts {self.peer_max_size}"
+        )
+
+    def send_items(self, uid: int, packed: Sequence[bytes]) -> bytes:
+        """
+        The frame of items ``packed`` (from :attr:`pack_item`, at least one)
+        of incoming stream call ``uid``: an ITEM for one, an ITEMS for several.
+        The caller keeps the sum of their sizes within :attr:`batch_limit`,
+        so the frame is within what the peer accepts.
+        """
+        assert self._batcher is not None
+        return self._batcher.encode_items(uid, packed)
+
     def send_credit(self, uid: int, count: int) -> bytes | str | None:
         """Let the producer of our stream ``uid`` send ``count`` more items; None if it ended."""
         if uid not in self.credit:
@@ -293,7 +369,9 @@ class RpcProtocol:
 
     # -- open: receiving -----------------------------------------------------
 
-    def receive(self, frame: bytes | str) -> Call | Return | Error | Cancel | Item | Credit | None:
+    def receive(
+        self, frame: bytes | str
+    ) -> Call | Return | Error | Cancel | Item | Items | Credit | None:
         """
         Read one frame of an open connection.
 
@@ -338,6 +416,22 @@ class RpcProtocol:
                     CloseCode.PROTOCOL_ERROR, f"stream {message.uid} sent items beyond its credit"
                 )
             self.credit[message.uid] = left - 1
+            return message
+        if kind is Items:
+            assert isinstance(message, Items)
+            if self.streams < 2:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "ITEMS to a peer that did not announce streams 2"
+                )
+            left = self.credit.get(message.uid)
+            if left is None:
+                return None  # a stream we cancelled: items were in flight
+            count = len(message.values)
+            if count > left:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, f"stream {message.uid} sent items beyond its credit"
+                )
+            self.credit[message.uid] = left - count
             return message
         if kind is Credit:
             assert isinstance(message, Credit)

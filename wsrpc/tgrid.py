@@ -32,8 +32,8 @@ Error       ``{"uid":1,"success":false,"value":{"name":N,"message":M}}``,
             missing name or message defaults to ``"Error"``/``""``, and a
             non-string one becomes its JSON.
 Cancel      not part of TGrid: never encoded (``supports_cancel`` is False).
-Streams     not part of TGrid: a Call with ``credit``, an Item or a Credit
-            is never encoded (``supports_streams`` is False).
+Streams     not part of TGrid: a Call with ``credit``, an Item, Items or a
+            Credit is never encoded (``supports_streams`` is False).
 =========== ================================================================
 
 A document is a Call when its ``listener`` is present and truthy (as in
@@ -75,6 +75,7 @@ from .messages import (
     Error,
     Header,
     Item,
+    Items,
     Message,
     Return,
 )
@@ -243,7 +244,7 @@ class TgridCodec:
             return _ACCEPT
         elif kind is Cancel:
             raise EncodeError("TGrid has no cancellation message")
-        elif kind is Item or kind is Credit:
+        elif kind is Item or kind is Items or kind is Credit:
             raise EncodeError("TGrid has no streams")
         else:  # pragma: no cover - exhaustive over Message
             raise TypeError(f"not a message: {message!r}")

@@ -195,14 +195,15 @@ def test_cluster_smoke_run_measures_every_figure(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150 * UNIT)
-def test_the_streams_benchmark_runs_and_paused_streams_stay_paused() -> None:
+def test_the_streams_benchmark_runs_and_paused_streams_stay_paused(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("PYTHONWARNINGS", None)
+    out = tmp_path / "streams.json"
     completed = subprocess.run(
         [
             sys.executable,
             str(ROOT / "benchmarks" / "streams.py"),
-            *("--items", "2000", "--repeat", "1", "--paused", "10"),
+            *("--items", "2000", "--repeat", "1", "--paused", "10", "--out", str(out)),
         ],
         cwd=ROOT,
         env=env,
@@ -215,5 +216,12 @@ def test_the_streams_benchmark_runs_and_paused_streams_stay_paused() -> None:
     lines = completed.stdout.splitlines()
     for label in ("wsrpc stream", "one call per item", "raw websockets"):
         assert any(line.startswith("|") and label in line for line in lines), completed.stdout
-    # Ten paused streams made their window of 16 items each, and no more.
+    # Ten paused streams made their first window of 16 items each, and no
+    # more; read 100 items further, 264 each (the window grown to 256).
     assert "160 items produced (160 one second later)" in completed.stdout
+    assert "2640 items produced (2640 one second later)" in completed.stdout
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert report["results"] and set(report["results"]) == set(report["ratios"])
+    for figures in report["results"].values():
+        assert all(figures[key]["median"] > 0 for key in ("stream", "calls", "raw"))
+    assert {target["target"] for target in report["targets"]} >= {"stream >= 10x one call per item"}
