@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import itertools
 import logging
 import time
 from collections import deque
@@ -116,6 +117,13 @@ STREAM_WINDOW = 16
 credit of its STREAM message), and the fewest it ever lets it."""
 STREAM_MAX_WINDOW = 256
 """The most items a consumer lets a producer send ahead (small items)."""
+STREAM_BUFFER_BYTES = 8 * 1_048_576
+"""Most bytes of stream items a connection holds for its users to take, all
+its streams together, counted as the frames that carried them. The window
+counts items, and a producer that grew it with small items could then fill
+it with large ones (256 of ``max_message_size``); past this many bytes, the
+connection is not read until the users have taken half of them
+(back-pressure: nothing is dropped, the producer waits on TCP)."""
 STREAM_WINDOW_BYTES = 1_048_576
 """Bytes of items a consumer lets a producer send ahead, counted by the
 average size of the items it received since it last granted credit: the
@@ -242,6 +250,10 @@ class Communicator:
         # Why reading is paused: a full backlog, replies waiting in a full
         # write buffer. Reading resumes when neither holds.
         self._backlog_full = False
+        # Bytes of stream items received and not taken yet (all streams),
+        # and whether they are over STREAM_BUFFER_BYTES (reading paused).
+        self._stream_bytes = 0
+        self._streams_full = False
         self._draining = False
         # Decoding time spent in the current window, and when it began; a
         # connection over its budget is not read until the window ends.
@@ -364,10 +376,27 @@ class Communicator:
             inbox.slot = False
             self._release_slot()
 
+    def _took(self, size: int) -> None:
+        """A user took a stream item that came in ``size`` bytes."""
+        self._stream_bytes -= size
+        if self._streams_full and self._stream_bytes <= STREAM_BUFFER_BYTES // 2:
+            self._streams_full = False
+            self._update_reading()
+
+    def _dropped(self, inbox: _Inbox) -> None:
+        """The items left in ``inbox`` will never be taken: forget their bytes."""
+        if inbox.sizes:
+            size = sum(inbox.sizes)
+            inbox.sizes.clear()
+            inbox.items.clear()
+            self._took(size)
+
     def _abandon(self, uid: int) -> None:
         """Our user stopped reading stream ``uid``: cancel it on the peer."""
-        if uid not in self._inboxes:
+        inbox = self._inboxes.get(uid)
+        if inbox is None:
             return  # ended already
+        self._dropped(inbox)
         self._end_inbox(uid, _DONE)
         cancel = self._protocol.send_cancel(uid)
         if cancel is not None and self.closed is None:
@@ -377,9 +406,16 @@ class Communicator:
         """Items of our stream ``uid`` arrived in one ITEMS of ``size`` bytes: one wake-up."""
         inbox = self._inboxes.get(uid)
         if inbox is not None:
+            count = len(values)
             inbox.items.extend(values)
-            inbox.received += len(values)
+            share = -(-size // count)  # each item's share of the frame, rounded up
+            inbox.sizes.extend(itertools.repeat(share, count))
+            inbox.received += count
             inbox.received_bytes += size
+            self._stream_bytes += share * count
+            if self._stream_bytes > STREAM_BUFFER_BYTES and not self._streams_full:
+                self._streams_full = True
+                self._update_reading()
             waiter = inbox.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -502,7 +538,7 @@ class Communicator:
             self._update_reading()
 
     def _update_reading(self) -> None:
-        if self._backlog_full or self._draining or self._decode_throttled:
+        if self._backlog_full or self._draining or self._decode_throttled or self._streams_full:
             self._channel.pause_reading()
         else:
             self._channel.resume_reading()
@@ -600,9 +636,15 @@ class Communicator:
             assert isinstance(message, Item)
             inbox = self._inboxes.get(message.uid)
             if inbox is not None:
+                size = len(data)
                 inbox.items.append(message.value)
+                inbox.sizes.append(size)
                 inbox.received += 1
-                inbox.received_bytes += len(data)
+                inbox.received_bytes += size
+                self._stream_bytes += size
+                if self._stream_bytes > STREAM_BUFFER_BYTES and not self._streams_full:
+                    self._streams_full = True
+                    self._update_reading()
                 waiter = inbox.waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -1134,11 +1176,23 @@ class Communicator:
 class _Inbox:
     """What the communicator keeps of one of our streams, while it runs."""
 
-    __slots__ = ("end", "items", "lent", "received", "received_bytes", "slot", "waiter", "window")
+    __slots__ = (
+        "end",
+        "items",
+        "lent",
+        "received",
+        "received_bytes",
+        "sizes",
+        "slot",
+        "waiter",
+        "window",
+    )
 
     def __init__(self, slot: bool) -> None:
         self.items: deque[Any] = deque()
         """Items received, not taken yet (at most the credit granted)."""
+        self.sizes: deque[int] = deque()
+        """The bytes each of them came in (see :data:`STREAM_BUFFER_BYTES`)."""
         self.end: Any = None
         """None while the stream runs; then _DONE, or the exception it ended with."""
         self.waiter: asyncio.Future[None] | None = None
@@ -1258,6 +1312,7 @@ class Stream:
         if inbox is not None and inbox.items:
             # The fast path, an item is here already: _take(), inlined.
             value = inbox.items.popleft()
+            self._comm._took(inbox.sizes.popleft())
             inbox.lent -= 1
             if inbox.lent <= inbox.window >> 1 and inbox.end is None:
                 self._comm._grant(self._uid, inbox)
@@ -1304,6 +1359,7 @@ class Stream:
     def _take(self, inbox: _Inbox) -> Any:
         """The next item of ``inbox``; grants credit when half the window was taken."""
         value = inbox.items.popleft()
+        self._comm._took(inbox.sizes.popleft())
         inbox.lent -= 1
         if inbox.lent <= inbox.window >> 1 and inbox.end is None:
             self._comm._grant(self._uid, inbox)
@@ -1312,8 +1368,11 @@ class Stream:
     def _stop(self) -> None:
         inbox, self._inbox = self._inbox, None
         self._finished = True
-        if inbox is not None and inbox.end is None:
-            self._comm._abandon(self._uid)
+        if inbox is not None:
+            if inbox.end is None:
+                self._comm._abandon(self._uid)
+            else:
+                self._comm._dropped(inbox)  # ended, with items never to be taken
 
     async def aclose(self) -> None:
         """Stop iterating: cancel the stream on the peer (its generator's finally runs)."""
@@ -1321,11 +1380,16 @@ class Stream:
 
     def __del__(self) -> None:
         inbox = self._inbox
-        if inbox is not None and inbox.end is None:
+        if inbox is not None and (inbox.end is None or inbox.sizes):
             # Dropped mid-stream (a break out of the async for), maybe in
-            # another thread (wsrpc.sync): cancel it from the loop.
+            # another thread (wsrpc.sync): cancel it from the loop, and
+            # forget the bytes of the items it leaves.
+            comm = self._comm
             try:
-                self._comm._loop.call_soon_threadsafe(self._comm._abandon, self._uid)
+                if inbox.end is None:
+                    comm._loop.call_soon_threadsafe(comm._abandon, self._uid)
+                else:
+                    comm._loop.call_soon_threadsafe(comm._dropped, inbox)
             except RuntimeError:
                 pass  # the loop is closed: so is the connection
 

@@ -15,6 +15,7 @@ import pytest
 
 import wsrpc
 import wsrpc.sync
+from wsrpc import _communicator
 from wsrpc._communicator import STREAM_WINDOW
 
 from ..conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
@@ -72,6 +73,14 @@ class Ticker:
         self.events.append("add")
         return a + b
 
+    async def grower(self, small: int, large: int, size: int) -> AsyncIterator[int | bytes]:
+        """Small items (the consumer's window grows), then large ones."""
+        for i in range(small):
+            yield i
+        for i in range(large):
+            self.produced += 1
+            yield i.to_bytes(4, "big") * (size // 4)
+
 
 class TickerRemote(Protocol):
     def ticks(self, n: int, start: int = 0) -> AsyncIterator[int]: ...
@@ -83,6 +92,8 @@ class TickerRemote(Protocol):
     def failing(self, n: int) -> AsyncIterator[int]: ...
 
     async def add(self, a: int, b: int) -> int: ...
+
+    def grower(self, small: int, large: int, size: int) -> AsyncIterator[int | bytes]: ...
 
 
 @contextlib.asynccontextmanager
@@ -145,6 +156,35 @@ async def test_a_consumer_that_stops_reading_pauses_the_generator() -> None:
         assert await remote.add(0, 0) == 0
         assert ticker.produced == STREAM_WINDOW  # paused at the window, not running ahead
         assert await anext(stream) == 1
+
+
+async def test_items_held_for_the_user_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The window counts items: grown to 256 by small items, it would let a
+    # producer then send 256 large ones. The consumer holds at most
+    # STREAM_BUFFER_BYTES of them (plus one frame), then stops reading.
+    cap, size = 1_048_576, 65_536
+    monkeypatch.setattr(_communicator, "STREAM_BUFFER_BYTES", cap)
+    ticker = Ticker()
+    async with ticker_client(ticker) as (remote, connector):
+        comm = connector._communicator
+        assert comm is not None
+        stream = aiter(remote.grower(600, 200, size))
+        for expected in range(600):  # the window grows on these
+            assert await anext(stream) == expected
+        deadline = asyncio.get_running_loop().time() + 10 * UNIT
+        while not comm._streams_full:  # the large items arrive; nobody takes them
+            assert asyncio.get_running_loop().time() < deadline, comm._stream_bytes
+            await asyncio.sleep(0.01 * UNIT)  # polling a counter, with a deadline
+        assert cap < comm._stream_bytes <= cap + 2 * size
+        # Nothing was lost: every item comes, in order, once the user reads.
+        rest = [item async for item in stream]
+        assert all(isinstance(item, bytes) and len(item) == size for item in rest)
+        assert [int.from_bytes(item[:4], "big") for item in rest if isinstance(item, bytes)] == (
+            list(range(200))
+        )
+        assert comm._stream_bytes == 0 and not comm._streams_full
 
 
 async def test_an_error_in_the_generator_reaches_the_consumer_after_the_items() -> None:
