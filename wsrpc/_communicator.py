@@ -1312,7 +1312,10 @@ class Stream:
         if inbox is not None and inbox.items:
             # The fast path, an item is here already: _take(), inlined.
             value = inbox.items.popleft()
-            self._comm._took(inbox.sizes.popleft())
+            comm = self._comm
+            comm._stream_bytes -= inbox.sizes.popleft()  # _took(), inlined
+            if comm._streams_full:
+                comm._took(0)
             inbox.lent -= 1
             if inbox.lent <= inbox.window >> 1 and inbox.end is None:
                 self._comm._grant(self._uid, inbox)
