@@ -28,6 +28,10 @@ class Service:
     def pid(self) -> int:
         return os.getpid()
 
+    def loop(self) -> str:
+        """The module of the event loop serving this call (``uvloop`` or ``asyncio...``)."""
+        return type(asyncio.get_running_loop()).__module__
+
     def connection_id(self) -> int:
         """The client's ``acceptor.id`` (application-wide with a backplane)."""
         return self._connection_id

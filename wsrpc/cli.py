@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import importlib
 import inspect
 import json
@@ -29,7 +30,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .cluster import RedisBackplane
@@ -269,7 +270,7 @@ def _reserve_port(host: str) -> socket.socket:
 def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
     command = [sys.executable, "-m", "wsrpc", "serve", args.target, "--port", str(port)]
     command += ["--host", args.host, "--grace", str(args.grace), "--reuse-port"]
-    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "redis", "app"):
+    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "redis", "app", "loop"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", value]
@@ -316,11 +317,30 @@ def _run_serve(args: argparse.Namespace) -> int:
     _configure_logging()
     try:
         if args.workers > 1:
-            return asyncio.run(_supervise(args))
-        return asyncio.run(_serve_one(args, args.reuse_port))
+            return asyncio.run(_supervise(args))  # the supervisor only waits: asyncio's loop
+        return _loop_runner(args.loop)(_serve_one(args, args.reuse_port))
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
         _logger.error("cannot serve %s: %s", args.target, exc)
         return 1
+
+
+def _loop_runner(loop: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``asyncio.run``, on uvloop's event loop for ``--loop uvloop``."""
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise ImportError("--loop uvloop needs uvloop: pip install 'wsrpc[fast]'") from exc
+        return functools.partial(_run_with, uvloop.new_event_loop)
+    return asyncio.run
+
+
+def _run_with(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, int]
+) -> int:
+    # asyncio.run() takes a loop_factory from Python 3.12 only; the Runner, from 3.11.
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 # -- the command line -------------------------------------------------------------
@@ -396,6 +416,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--app", default="wsrpc", help="the application's name on Redis (default wsrpc)"
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of each worker (uvloop: wsrpc[fast]; with transport='picows', "
+        "the fast path)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser

@@ -204,6 +204,7 @@ async def test_call_over_tls_with_a_private_ca_and_a_client_certificate(
 
 class ServiceRemote(Protocol):
     async def pid(self) -> int: ...
+    async def loop(self) -> str: ...
     async def connection_id(self) -> int: ...
     async def echo(self, value: object) -> object: ...
     async def hold(self, seconds: float) -> str: ...
@@ -255,7 +256,9 @@ async def connected(url: str) -> wsrpc.WebSocketConnector[Any, None, ServiceRemo
 
 
 async def test_serve_two_workers_on_one_port_stop_on_sigterm() -> None:
-    serving = await Serving.start("tests.serving_app:handler", "--port", "0", "--workers", "2")
+    serving = await Serving.start(
+        "tests.serving_app:handler", "--port", "0", "--workers", "2", "--loop", "uvloop"
+    )
     try:
         async with asyncio.timeout(60 * UNIT):
             first = await serving.line("starting 2 workers on port ")
@@ -271,6 +274,7 @@ async def test_serve_two_workers_on_one_port_stop_on_sigterm() -> None:
                 client = await connected(url)
                 clients.append(client)
                 seen.add(await client.get_driver().pid())
+                assert await client.get_driver().loop() == "uvloop"  # --loop reached the worker
                 if seen == workers:
                     break
             assert seen == workers
