@@ -831,7 +831,9 @@ class Communicator:
             self._log_error(call, exc)
             self._send_quietly(self._protocol.send_error(call.uid, exc))
             return None
-        call = Call(call.uid, call.path, args, kwargs, call.parent, call.credit)
+        if args is not call.args or kwargs is not call.kwargs:
+            args = args if isinstance(args, list) else list(args)
+            call = Call(call.uid, call.path, args, kwargs, call.parent, call.credit)
         if kind == STREAM:
             item = validator.item
             return call, (func if item is None else _checking_items(func, item))

@@ -58,6 +58,7 @@ import typing
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
+from .dispatch import is_remote_name
 from .driver import CallFunction, DeferredStream, StreamFunction
 from .exceptions import EncodeError, ValidationError
 
@@ -506,6 +507,7 @@ class Validator:
 
     __slots__ = (
         "_by_name",
+        "_exact",
         "_kw_required",
         "_name",
         "_needs",
@@ -549,6 +551,16 @@ class Validator:
         # Calls of only positional arguments, at least this many, miss none.
         self._needs = max((index + 1 for index, _ in self._required), default=0)
         self._kw_required = any(index < 0 for index, _ in self._required)
+        # The commonest call: every positional parameter an int, str, bytes
+        # or bool (or unchecked), all given, positionally, as exactly that
+        # type: the arguments come back as they came, checked by one loop.
+        exact: list[Any] = []
+        for parameter in parameters[: len(self._positional)]:
+            tp = hints.get(parameter.name, Any)
+            exact.append(tp if tp in _EXACT else object if tp in (Any, object) else None)
+        self._exact: tuple[Any, ...] | None = (
+            tuple(exact) if None not in exact and not self._kw_required else None
+        )
         result, item = _returned(hints.get("return", Any))
         self.result: Callable[[Any], Any] | None = _outgoing(result, "result", native)
         """Checks a result and gives its wire form, or raises; None: not checked."""
@@ -557,7 +569,7 @@ class Validator:
 
     def arguments(
         self, args: Sequence[Any], kwargs: Mapping[str, Any] | None
-    ) -> tuple[list[Any], dict[str, Any] | None]:
+    ) -> tuple[Sequence[Any], dict[str, Any] | None]:
         """
         The call's arguments, converted, in the same shape (positional, keyword).
 
@@ -565,6 +577,13 @@ class Validator:
             ValidationError: an argument is missing, unknown, given twice, or
                 not of its parameter's type.
         """
+        exact = self._exact
+        if exact is not None and not kwargs and len(args) == len(exact):
+            for value, tp in zip(args, exact, strict=True):
+                if type(value) is not tp and tp is not object:
+                    break
+            else:
+                return args, None  # the same object: nothing to convert
         positional = self._positional
         count = len(positional)
         converted: list[Any] = []
@@ -717,6 +736,21 @@ def _resolve(remote: Any, path: str) -> tuple[Callable[..., Any], bool] | None:
     return (static, True) if callable(static) else None
 
 
+def _paths(owner: Any, prefix: str, seen: set[Any]) -> list[str]:
+    """The dotted paths of the methods the Protocol ``owner`` declares, nested ones included."""
+    if not isinstance(owner, type) or owner in seen or len(seen) > 64:
+        return []
+    seen.add(owner)
+    paths: list[str] = []
+    for name in dir(owner):
+        if is_remote_name(name) and callable(inspect.getattr_static(owner, name, None)):
+            paths.append(prefix + name)  # a method
+    for name, hint in typing.get_type_hints(owner).items():
+        if is_remote_name(name) and not callable(inspect.getattr_static(owner, name, None)):
+            paths += _paths(hint, f"{prefix}{name}.", seen)  # an object: its methods
+    return paths
+
+
 async def _raise(exc: Exception) -> Any:
     raise exc
 
@@ -798,10 +832,27 @@ class RemoteTypes:
         self._signatures[path] = signature
         return signature
 
+    def converts_nothing(self) -> bool:
+        """
+        Whether no method the Protocol declares (on it, or on the objects
+        its attributes are annotated with) converts anything: then its
+        calls need no wrapper at all. False when unsure.
+        """
+        try:
+            paths = _paths(self._remote, "", set())
+            return all(self.signature(path) is None for path in paths)
+        except Exception:  # an annotation that does not resolve: decided per call
+            return False
+
     def wrap(
         self, call: CallFunction, stream: StreamFunction
     ) -> tuple[CallFunction, StreamFunction]:
-        """``call`` and ``stream`` converting as the Protocol says."""
+        """
+        ``call`` and ``stream`` converting as the Protocol says (the same
+        functions when it converts nothing: plain types cost nothing).
+        """
+        if self.converts_nothing():
+            return call, stream
         signature_of = self.signature
 
         known = self._signatures

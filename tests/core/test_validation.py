@@ -463,3 +463,23 @@ def test_wire_form() -> None:
     assert validation.wire_form(when, validation.NATIVE_JSON) == "2026-01-01T00:00:00Z"
     with pytest.raises(wsrpc.EncodeError):
         validation.wire_form(object())
+
+
+def test_a_protocol_of_plain_types_is_not_wrapped_at_all() -> None:
+    class Nested(Protocol):
+        async def sqrt(self, x: float) -> float: ...
+
+    class Plain(Protocol):
+        nested: Nested
+
+        async def add(self, a: int, b: int) -> int: ...
+        def ticks(self, n: int) -> AsyncIterator[list[str]]: ...
+
+    class Rich(Protocol):
+        nested: Stamped  # one nested method converts: every call is looked up
+
+        async def add(self, a: int, b: int) -> int: ...
+
+    wire = Wire(None)
+    assert validation.RemoteTypes(Plain).wrap(wire.call, wire.stream) == (wire.call, wire.stream)
+    assert validation.RemoteTypes(Rich).wrap(wire.call, wire.stream) != (wire.call, wire.stream)
