@@ -9,7 +9,7 @@ import decimal
 import enum
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Generic, Protocol, TypedDict, TypeVar
 
 import msgspec
@@ -84,7 +84,7 @@ class Provider:
         return len(points)
 
 
-def check(path: str, *args: Any, **kwargs: Any) -> tuple[list[Any], dict[str, Any] | None]:
+def check(path: str, *args: Any, **kwargs: Any) -> tuple[Sequence[Any], dict[str, Any] | None]:
     func, _ = resolve(Provider(), path)
     return validation.validator_for(func).arguments(list(args), kwargs or None)
 
@@ -465,21 +465,26 @@ def test_wire_form() -> None:
         validation.wire_form(object())
 
 
+class NestedPlain(Protocol):
+    async def sqrt(self, x: float) -> float: ...
+
+
+class PlainRemote(Protocol):
+    nested: NestedPlain
+
+    async def add(self, a: int, b: int) -> int: ...
+    def ticks(self, n: int) -> AsyncIterator[list[str]]: ...
+
+
+class RichInside(Protocol):
+    nested: Stamped  # one nested method converts: every call is looked up
+
+    async def add(self, a: int, b: int) -> int: ...
+
+
 def test_a_protocol_of_plain_types_is_not_wrapped_at_all() -> None:
-    class Nested(Protocol):
-        async def sqrt(self, x: float) -> float: ...
-
-    class Plain(Protocol):
-        nested: Nested
-
-        async def add(self, a: int, b: int) -> int: ...
-        def ticks(self, n: int) -> AsyncIterator[list[str]]: ...
-
-    class Rich(Protocol):
-        nested: Stamped  # one nested method converts: every call is looked up
-
-        async def add(self, a: int, b: int) -> int: ...
-
     wire = Wire(None)
-    assert validation.RemoteTypes(Plain).wrap(wire.call, wire.stream) == (wire.call, wire.stream)
-    assert validation.RemoteTypes(Rich).wrap(wire.call, wire.stream) != (wire.call, wire.stream)
+    plain = validation.RemoteTypes(PlainRemote).wrap(wire.call, wire.stream)
+    assert plain == (wire.call, wire.stream)
+    rich = validation.RemoteTypes(RichInside).wrap(wire.call, wire.stream)
+    assert rich[0] != wire.call and rich[1] != wire.stream
