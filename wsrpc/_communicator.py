@@ -79,7 +79,7 @@ from .exceptions import (
     ValidationError,
 )
 from .messages import Call, CloseCode, Credit, Error, Item, Return
-from .protocol import RpcProtocol
+from .protocol import RETURN_KIND, RpcProtocol
 from .states import CloseInfo
 from .validation import validator_for
 
@@ -510,7 +510,8 @@ class Communicator:
         if timed:
             started = time.perf_counter()
         try:
-            message = self._protocol.receive(data)
+            # Calls and returns come as plain lists (see receive_lean).
+            message = self._protocol.receive_lean(data)
         except ProtocolError as exc:
             logger.info("closing connection: %s", exc)
             self._abort(exc.code, exc.reason)
@@ -519,7 +520,18 @@ class Communicator:
             if timed:
                 self._count_decoding(started)
         kind = type(message)
-        if kind is Return:
+        if kind is list:
+            assert isinstance(message, list)
+            if message[0] == RETURN_KIND:
+                future = self._pending.pop(message[1], None)
+                if future is not None:
+                    if not future.done():
+                        future.set_result(message[2])
+                elif self._inboxes:
+                    self._end_inbox(message[1], _DONE)
+            else:
+                self._on_lean_call(message)
+        elif kind is Return:
             assert isinstance(message, Return)
             future = self._pending.pop(message.uid, None)
             if future is not None:
@@ -551,6 +563,7 @@ class Communicator:
             assert isinstance(message, Credit)
             self._on_credit(message.uid, message.count)
         elif message is not None:  # Cancel
+            assert not isinstance(message, list)
             self._on_cancel(message.uid)
 
     def _count_decoding(self, started: float) -> None:
@@ -631,13 +644,50 @@ class Communicator:
         calls run; otherwise it waits in the backlog, and a full backlog
         stops the channel's delivery until a call ends.
         """
-        uid = call.uid
-        protocol = self._protocol
         try:
             func, kind = resolve(self._provider, call.path)
         except AccessRefused as exc:
-            self._send_quietly(protocol.send_refusal(uid, str(exc)))
+            self._send_quietly(self._protocol.send_refusal(call.uid, str(exc)))
             return
+        self._dispatch(call, func, kind)
+
+    def _on_lean_call(self, message: list[Any]) -> None:
+        """
+        :meth:`_on_call` for a call that came as a list (see
+        ``RpcProtocol.receive_lean``): a plain method without keyword
+        arguments, parent or validation, most calls, runs and is answered
+        here without a :class:`Call`; any other gets one.
+        """
+        uid, path, args = message[1], message[2], message[3]
+        try:
+            func, kind = resolve(self._provider, path)
+        except AccessRefused as exc:
+            self._send_quietly(self._protocol.send_refusal(uid, str(exc)))
+            return
+        if kind == PLAIN and len(message) == 4 and not self._validate:
+            try:
+                result = func(*args)
+            except (Exception, asyncio.CancelledError) as exc:
+                # A plain method raising CancelledError is an error like any other.
+                self._log_error(Call(uid, path, args), exc)
+                self._send_quietly(self._protocol.send_error(uid, exc))
+                return
+            if type(result) in _PLAIN or not inspect.isawaitable(result):
+                self._send_quietly(self._protocol.send_return(uid, result))
+                return
+            # A plain function that returned an awaitable: await it in a task.
+            self._admit(Call(uid, path, args), _returning(result))
+            return
+        size = len(message)
+        call = Call(
+            uid, path, args, message[4] if size >= 5 else None, message[5] if size == 6 else None
+        )
+        self._dispatch(call, func, kind)
+
+    def _dispatch(self, call: Call, func: Callable[..., Any], kind: int) -> None:
+        """:meth:`_on_call`, once ``call.path`` resolved to ``func``, of ``kind``."""
+        uid = call.uid
+        protocol = self._protocol
         if call.credit is not None:
             if kind != STREAM:
                 self._send_quietly(
@@ -686,6 +736,12 @@ class Communicator:
             # A plain function that returned an awaitable (a decorator's
             # wrapper around a coroutine function): await it in a task.
             func = _returning(result)
+        self._admit(call, func)
+
+    def _admit(self, call: Call, func: Callable[..., Any]) -> None:
+        """Run ``call`` (awaiting ``func``) in a task now, or queue it in the backlog."""
+        uid = call.uid
+        protocol = self._protocol
         if self._is_callback(call):
             if self._nested is None:
                 self._nested = set()
