@@ -364,7 +364,7 @@ class Communicator:
         try:
             if self.closed is not None:
                 raise self._closed_error()
-            uid, frame = self._protocol.send_call(path, list(args), kwargs or None, parent)
+            uid, frame = self._protocol.send_call(path, args, kwargs or None, parent)
             future = self._loop.create_future()
             self._pending[uid] = future
             channel = self._channel
@@ -372,6 +372,8 @@ class Communicator:
                 channel.send(frame)
                 if channel.writing_paused:
                     await channel.drain()
+                # The answer (or the close) takes the future out of _pending:
+                # nothing to clean up once it is done.
                 return await future
             except ChannelClosed as exc:
                 # The socket is closing, maybe before the close was reported.
@@ -379,20 +381,25 @@ class Communicator:
                 self._finish(ConnectionClosedError(exc.code, exc.reason))
                 raise self._closed_error() from None
             except asyncio.CancelledError:
-                # Cancelled or timed out: ask the peer to stop working on it.
-                cancel = self._protocol.send_cancel(uid)
-                if cancel is not None and self.closed is None:
-                    self._send_quietly(cancel)
-                raise
-            finally:
                 self._pending.pop(uid, None)
                 if future.done() and not future.cancelled():
                     # Failed by a close while this call was being cancelled:
                     # mark the error as seen so asyncio does not log it.
                     future.exception()
+                # Cancelled or timed out: ask the peer to stop working on it.
+                cancel = self._protocol.send_cancel(uid)
+                if cancel is not None and self.closed is None:
+                    self._send_quietly(cancel)
+                raise
+            except BaseException:
+                self._pending.pop(uid, None)  # drain() failed, or the answer was an error
+                raise
         finally:
             if slot:
-                self._release_slot()
+                if self._slot_waiters:
+                    self._release_slot()
+                else:
+                    self._slots += 1  # what _release_slot() does when nobody waits
 
     async def _wait_for_slot(self) -> None:
         if self._slot_waiters is None:
@@ -430,10 +437,13 @@ class Communicator:
         except ChannelClosed:
             return  # the close is reported by the channel
         if channel.writing_paused and not self._draining:
-            # Stop taking calls until the peer reads what we owe it.
-            self._draining = True
-            self._channel.pause_reading()
-            self._spawn(self._drain())
+            self._stop_reading_to_drain()
+
+    def _stop_reading_to_drain(self) -> None:
+        """Stop taking calls until the peer reads what we owe it (the write buffer is full)."""
+        self._draining = True
+        self._channel.pause_reading()
+        self._spawn(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -519,9 +529,7 @@ class Communicator:
         finally:
             if timed:
                 self._count_decoding(started)
-        kind = type(message)
-        if kind is list:
-            assert isinstance(message, list)
+        if type(message) is list:
             if message[0] == RETURN_KIND:
                 future = self._pending.pop(message[1], None)
                 if future is not None:
@@ -531,7 +539,9 @@ class Communicator:
                     self._end_inbox(message[1], _DONE)
             else:
                 self._on_lean_call(message)
-        elif kind is Return:
+            return
+        kind = type(message)
+        if kind is Return:
             assert isinstance(message, Return)
             future = self._pending.pop(message.uid, None)
             if future is not None:
@@ -563,7 +573,7 @@ class Communicator:
             assert isinstance(message, Credit)
             self._on_credit(message.uid, message.count)
         elif message is not None:  # Cancel
-            assert not isinstance(message, list)
+            assert not isinstance(message, list)  # returned above
             self._on_cancel(message.uid)
 
     def _count_decoding(self, started: float) -> None:
@@ -654,9 +664,10 @@ class Communicator:
     def _on_lean_call(self, message: list[Any]) -> None:
         """
         :meth:`_on_call` for a call that came as a list (see
-        ``RpcProtocol.receive_lean``): a plain method without keyword
-        arguments, parent or validation, most calls, runs and is answered
-        here without a :class:`Call`; any other gets one.
+        ``RpcProtocol.receive_lean``): a plain method without validation,
+        most calls, runs and is answered here without a :class:`Call`; any
+        other gets one. (A plain method runs at once whatever its call's
+        parent: the parent only matters to admission, for a task.)
         """
         uid, path, args = message[1], message[2], message[3]
         try:
@@ -664,19 +675,29 @@ class Communicator:
         except AccessRefused as exc:
             self._send_quietly(self._protocol.send_refusal(uid, str(exc)))
             return
-        if kind == PLAIN and len(message) == 4 and not self._validate:
+        if kind == PLAIN and not self._validate:
+            kwargs = message[4] if len(message) >= 5 else None
             try:
-                result = func(*args)
+                result = func(*args, **kwargs) if kwargs else func(*args)
             except (Exception, asyncio.CancelledError) as exc:
                 # A plain method raising CancelledError is an error like any other.
                 self._log_error(Call(uid, path, args), exc)
                 self._send_quietly(self._protocol.send_error(uid, exc))
                 return
             if type(result) in _PLAIN or not inspect.isawaitable(result):
-                self._send_quietly(self._protocol.send_return(uid, result))
+                frame = self._protocol.send_return(uid, result)
+                channel = self._channel
+                try:
+                    channel.send(frame)
+                except ChannelClosed:
+                    return  # the close is reported by the channel
+                if channel.writing_paused and not self._draining:
+                    self._stop_reading_to_drain()  # as _send_quietly() does
                 return
             # A plain function that returned an awaitable: await it in a task.
-            self._admit(Call(uid, path, args), _returning(result))
+            size = len(message)
+            call = Call(uid, path, args, kwargs, message[5] if size == 6 else None)
+            self._admit(call, _returning(result))
             return
         size = len(message)
         call = Call(

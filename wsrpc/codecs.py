@@ -240,14 +240,21 @@ class MsgpackCodec:
         parent: int | None,
     ) -> bytes:
         """The frame of ``Call(uid, path, args, kwargs, parent)``; raises :exc:`EncodeError`."""
-        if parent is not None:
-            return self._pack([_CALL, uid, path, args, kwargs or None, parent])
         if kwargs:
+            if parent is not None:
+                return self._pack([_CALL, uid, path, args, kwargs, parent])
             return self._pack([_CALL, uid, path, args, kwargs])
+        if parent is not None:
+            return self._pack([_CALL, uid, path, args, None, parent], args)
         return self._pack([_CALL, uid, path, args], args)
 
     def encode_return(self, uid: int, value: Any) -> bytes:
         """The frame of ``Return(uid, value)``; raises :exc:`EncodeError`."""
+        if type(value) in _SCALARS:
+            try:
+                return self._packer.pack([_RETURN, uid, value])  # _pack(), for a scalar
+            except (TypeError, ValueError, OverflowError):
+                self._packer.reset()
         return self._pack([_RETURN, uid, value], value)
 
     def _pack(self, obj: list[Any], flat: Any = _UNKNOWN) -> bytes:
