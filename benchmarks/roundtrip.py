@@ -122,7 +122,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     module_name, transport, _ = SYSTEMS[args.system]
     module = importlib.import_module(module_name)
     if transport is not None:
-        module.TRANSPORT = transport
+        setattr(module, "TRANSPORT", transport)  # noqa: B010 (a module attribute, known at run time)
     p = _params(0, args)
     port = await module.serve(p)
     client = await module.connect(_params(port, args))
