@@ -84,9 +84,9 @@ from .exceptions import (
     ValidationError,
 )
 from .messages import Call, CloseCode, Credit, Error, Item, Items, Return
-from .protocol import RpcProtocol
+from .protocol import RETURN_KIND, RpcProtocol
 from .states import CloseInfo
-from .validation import NATIVE_JSON, NATIVE_MSGPACK, ConvertedItems, validator_for
+from .validation import NATIVE_JSON, NATIVE_MSGPACK, ConvertedItems, Validator, validator_for
 
 __all__ = [
     "MAX_CREDIT",
@@ -457,7 +457,7 @@ class Communicator:
         try:
             if self.closed is not None:
                 raise self._closed_error()
-            uid, frame = self._protocol.send_call(path, list(args), kwargs or None, parent)
+            uid, frame = self._protocol.send_call(path, args, kwargs or None, parent)
             future = self._loop.create_future()
             self._pending[uid] = future
             channel = self._channel
@@ -465,6 +465,8 @@ class Communicator:
                 channel.send(frame)
                 if channel.writing_paused:
                     await channel.drain()
+                # The answer (or the close) takes the future out of _pending:
+                # nothing to clean up once it is done.
                 return await future
             except ChannelClosed as exc:
                 # The socket is closing, maybe before the close was reported.
@@ -472,20 +474,25 @@ class Communicator:
                 self._finish(ConnectionClosedError(exc.code, exc.reason))
                 raise self._closed_error() from None
             except asyncio.CancelledError:
-                # Cancelled or timed out: ask the peer to stop working on it.
-                cancel = self._protocol.send_cancel(uid)
-                if cancel is not None and self.closed is None:
-                    self._send_quietly(cancel)
-                raise
-            finally:
                 self._pending.pop(uid, None)
                 if future.done() and not future.cancelled():
                     # Failed by a close while this call was being cancelled:
                     # mark the error as seen so asyncio does not log it.
                     future.exception()
+                # Cancelled or timed out: ask the peer to stop working on it.
+                cancel = self._protocol.send_cancel(uid)
+                if cancel is not None and self.closed is None:
+                    self._send_quietly(cancel)
+                raise
+            except BaseException:
+                self._pending.pop(uid, None)  # drain() failed, or the answer was an error
+                raise
         finally:
             if slot:
-                self._release_slot()
+                if self._slot_waiters:
+                    self._release_slot()
+                else:
+                    self._slots += 1  # what _release_slot() does when nobody waits
 
     async def _wait_for_slot(self) -> None:
         if self._slot_waiters is None:
@@ -523,10 +530,13 @@ class Communicator:
         except ChannelClosed:
             return  # the close is reported by the channel
         if channel.writing_paused and not self._draining:
-            # Stop taking calls until the peer reads what we owe it.
-            self._draining = True
-            self._channel.pause_reading()
-            self._spawn(self._drain())
+            self._stop_reading_to_drain()
+
+    def _stop_reading_to_drain(self) -> None:
+        """Stop taking calls until the peer reads what we owe it (the write buffer is full)."""
+        self._draining = True
+        self._channel.pause_reading()
+        self._spawn(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -603,7 +613,8 @@ class Communicator:
         if timed:
             started = time.perf_counter()
         try:
-            message = self._protocol.receive(data)
+            # Calls and returns come as plain lists (see receive_lean).
+            message = self._protocol.receive_lean(data)
         except ProtocolError as exc:
             logger.info("closing connection: %s", exc)
             self._abort(exc.code, exc.reason)
@@ -611,6 +622,17 @@ class Communicator:
         finally:
             if timed:
                 self._count_decoding(started)
+        if type(message) is list:
+            if message[0] == RETURN_KIND:
+                future = self._pending.pop(message[1], None)
+                if future is not None:
+                    if not future.done():
+                        future.set_result(message[2])
+                elif self._inboxes:
+                    self._end_inbox(message[1], _DONE)
+            else:
+                self._on_lean_call(message)
+            return
         kind = type(message)
         if kind is Return:
             assert isinstance(message, Return)
@@ -655,6 +677,7 @@ class Communicator:
             assert isinstance(message, Credit)
             self._on_credit(message.uid, message.count)
         elif message is not None:  # Cancel
+            assert not isinstance(message, list)  # returned above
             self._on_cancel(message.uid)
 
     def _count_decoding(self, started: float) -> None:
@@ -735,13 +758,81 @@ class Communicator:
         calls run; otherwise it waits in the backlog, and a full backlog
         stops the channel's delivery until a call ends.
         """
-        uid = call.uid
-        protocol = self._protocol
         try:
             func, kind = resolve(self._provider, call.path)
         except AccessRefused as exc:
-            self._send_quietly(protocol.send_refusal(uid, str(exc)))
+            self._send_quietly(self._protocol.send_refusal(call.uid, str(exc)))
             return
+        self._dispatch(call, func, kind)
+
+    def _on_lean_call(self, message: list[Any]) -> None:
+        """
+        :meth:`_on_call` for a call that came as a list (see
+        ``RpcProtocol.receive_lean``): a plain method without validation,
+        most calls, runs and is answered here without a :class:`Call`; any
+        other gets one. (A plain method runs at once whatever its call's
+        parent: the parent only matters to admission, for a task.)
+        """
+        uid, path, args = message[1], message[2], message[3]
+        try:
+            func, kind = resolve(self._provider, path)
+        except AccessRefused as exc:
+            self._send_quietly(self._protocol.send_refusal(uid, str(exc)))
+            return
+        if kind == PLAIN:
+            kwargs = message[4] if len(message) >= 5 else None
+            check: Callable[[Any], Any] | None = None
+            if self._validate:
+                # As _validated() does, without a Call or wrappers: the
+                # arguments converted, the result checked below.
+                try:
+                    validator = self._validator(func)
+                    args, kwargs = validator.arguments(args, kwargs)
+                except ValidationError as exc:
+                    self._send_quietly(self._protocol.send_error(uid, exc))
+                    return
+                except Exception as exc:
+                    self._log_error(Call(uid, path, args), exc)
+                    self._send_quietly(self._protocol.send_error(uid, exc))
+                    return
+                check = validator.result
+            try:
+                result = func(*args, **kwargs) if kwargs else func(*args)
+                if check is not None and (
+                    type(result) in _PLAIN or not inspect.isawaitable(result)
+                ):
+                    result = check(result)
+            except (Exception, asyncio.CancelledError) as exc:
+                # A plain method raising CancelledError is an error like any other.
+                self._log_error(Call(uid, path, list(args)), exc)
+                self._send_quietly(self._protocol.send_error(uid, exc))
+                return
+            if type(result) in _PLAIN or not inspect.isawaitable(result):
+                frame = self._protocol.send_return(uid, result)
+                channel = self._channel
+                try:
+                    channel.send(frame)
+                except ChannelClosed:
+                    return  # the close is reported by the channel
+                if channel.writing_paused and not self._draining:
+                    self._stop_reading_to_drain()  # as _send_quietly() does
+                return
+            # A plain function that returned an awaitable: await it in a task.
+            size = len(message)
+            call = Call(uid, path, list(args), kwargs, message[5] if size == 6 else None)
+            returning = _returning(result)
+            self._admit(call, returning if check is None else _checking_async(returning, check))
+            return
+        size = len(message)
+        call = Call(
+            uid, path, args, message[4] if size >= 5 else None, message[5] if size == 6 else None
+        )
+        self._dispatch(call, func, kind)
+
+    def _dispatch(self, call: Call, func: Callable[..., Any], kind: int) -> None:
+        """:meth:`_on_call`, once ``call.path`` resolved to ``func``, of ``kind``."""
+        uid = call.uid
+        protocol = self._protocol
         if call.credit is not None:
             if kind != STREAM:
                 self._send_quietly(
@@ -790,6 +881,12 @@ class Communicator:
             # A plain function that returned an awaitable (a decorator's
             # wrapper around a coroutine function): await it in a task.
             func = _returning(result)
+        self._admit(call, func)
+
+    def _admit(self, call: Call, func: Callable[..., Any]) -> None:
+        """Run ``call`` (awaiting ``func``) in a task now, or queue it in the backlog."""
+        uid = call.uid
+        protocol = self._protocol
         if self._is_callback(call):
             if self._nested is None:
                 self._nested = set()
@@ -821,8 +918,7 @@ class Communicator:
         exception of the method (a provider bug).
         """
         try:
-            native = NATIVE_MSGPACK if self._protocol.codec.binary else NATIVE_JSON
-            validator = validator_for(func, native)
+            validator = self._validator(func)
             args, kwargs = validator.arguments(call.args, call.kwargs)
         except ValidationError as exc:
             self._send_quietly(self._protocol.send_error(call.uid, exc))
@@ -843,6 +939,11 @@ class Communicator:
         if kind == PLAIN:
             return call, _checking_plain(func, check)
         return call, _checking_async(func, check)
+
+    def _validator(self, func: Callable[..., Any]) -> Validator:
+        """The validator of provider method ``func``, for this connection's codec."""
+        native = NATIVE_MSGPACK if self._protocol.codec.binary else NATIVE_JSON
+        return validator_for(func, native)
 
     def _is_callback(self, call: Call) -> bool:
         """

@@ -40,7 +40,9 @@ from .messages import (
 from .tgrid import TgridCodec
 
 __all__ = [
+    "CALL_KIND",
     "PROTOCOL_VERSION",
+    "RETURN_KIND",
     "STREAMS_VERSION",
     "BatchingCodec",
     "Codec",
@@ -65,6 +67,12 @@ _ITEM_START = bytes([0x93, _ITEM])
 _ITEMS_START = bytes([0x93, _ITEMS])
 
 _MAX_UID = 2**63 - 1
+
+CALL_KIND, RETURN_KIND = _CALL, _RETURN
+"""The first element of the arrays :meth:`MsgpackCodec.decode_lean` returns."""
+# Values that pack to one msgpack scalar: never a map, an ext, or nesting.
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_UNKNOWN: Any = object()
 
 # Bytes that may start a msgpack map (fixmap, map16, map32) or ext value.
 _MAP_OR_EXT = re.compile(b"[\x80-\x8f\xde\xdf\xc7-\xc9\xd4-\xd8]")
@@ -153,10 +161,13 @@ def _bad(what: str) -> ProtocolError:
     return ProtocolError(CloseCode.PROTOCOL_ERROR, what)
 
 
+_BAD_UID = "call id must be an integer in [1, 2**63)"
+
+
 def _uid(value: object) -> int:
     # bool is an int subclass: compare the exact type.
     if type(value) is not int or not 0 < value <= _MAX_UID:
-        raise _bad("call id must be an integer in [1, 2**63)")
+        raise _bad(_BAD_UID)
     return value
 
 
@@ -220,26 +231,23 @@ class MsgpackCodec:
         obj: list[Any]
         if kind is Call:
             assert isinstance(message, Call)
-            if message.credit is not None:
-                obj = [
-                    _STREAM,
-                    message.uid,
-                    message.path,
-                    message.args,
-                    message.kwargs or None,
-                    message.credit,
-                ]
-                if message.parent is not None:
-                    obj.append(message.parent)
-            else:
-                obj = [_CALL, message.uid, message.path, message.args]
-                if message.parent is not None:
-                    obj += [message.kwargs or None, message.parent]
-                elif message.kwargs:
-                    obj.append(message.kwargs)
+            if message.credit is None:
+                return self.encode_call(
+                    message.uid, message.path, message.args, message.kwargs, message.parent
+                )
+            obj = [
+                _STREAM,
+                message.uid,
+                message.path,
+                message.args,
+                message.kwargs or None,
+                message.credit,
+            ]
+            if message.parent is not None:
+                obj.append(message.parent)
         elif kind is Return:
             assert isinstance(message, Return)
-            obj = [_RETURN, message.uid, message.value]
+            return self.encode_return(message.uid, message.value)
         elif kind is Item:
             assert isinstance(message, Item)
             obj = [_ITEM, message.uid, message.value]
@@ -268,12 +276,70 @@ class MsgpackCodec:
             obj = [_ACCEPT, _limits(message.max_calls, message.max_size, message.streams)]
         else:  # pragma: no cover - exhaustive over Message
             raise TypeError(f"not a message: {message!r}")
+        return self._pack(obj)
+
+    # -- the lean path ----------------------------------------------------------
+    #
+    # CALL and RETURN are nearly every message a connection carries, and
+    # building their message objects cost more than packing or unpacking
+    # them (a frozen dataclass of six fields: some 10,000 instructions, as
+    # much as everything else the codec does for the frame). The protocol
+    # core therefore sends and receives these two without message objects:
+    # encode_call() and encode_return() pack from plain arguments, and
+    # decode_lean() returns their validated msgpack arrays as they are.
+    # encode() and decode() are built on them, so both paths run the same
+    # checks.
+
+    def encode_call(
+        self,
+        uid: int,
+        path: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        parent: int | None,
+    ) -> bytes:
+        """The frame of ``Call(uid, path, args, kwargs, parent)``; raises :exc:`EncodeError`."""
+        if kwargs:
+            if parent is not None:
+                return self._pack([_CALL, uid, path, args, kwargs, parent])
+            return self._pack([_CALL, uid, path, args, kwargs])
+        if parent is not None:
+            return self._pack([_CALL, uid, path, args, None, parent], args)
+        return self._pack([_CALL, uid, path, args], args)
+
+    def encode_return(self, uid: int, value: Any) -> bytes:
+        """The frame of ``Return(uid, value)``; raises :exc:`EncodeError`."""
+        if type(value) in _SCALARS:
+            try:
+                return self._packer.pack([_RETURN, uid, value])  # _pack(), for a scalar
+            except (TypeError, ValueError, OverflowError):
+                self._packer.reset()
+        return self._pack([_RETURN, uid, value], value)
+
+    def _pack(self, obj: list[Any], flat: Any = _UNKNOWN) -> bytes:
+        """
+        Pack ``obj``, refusing what the peer's decoder would refuse.
+
+        ``flat`` is the one part of ``obj`` that may be more than scalars, if
+        known; when it is a scalar or a list or tuple of scalars, the frame
+        can hold no map, no ext and no deep nesting, and the check for them
+        is skipped.
+        """
         try:
             frame = self._packer.pack(obj)
         except (TypeError, ValueError, OverflowError) as exc:
             # A failed pack may leave partial output in the packer's buffer.
             self._packer.reset()
             raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
+        kind = type(flat)
+        if kind in _SCALARS:
+            return frame
+        if kind is list or kind is tuple:
+            for item in flat:
+                if type(item) not in _SCALARS:
+                    break
+            else:
+                return frame
         # msgpack packs what its decoder (rightly) refuses: maps with keys
         # other than str and bytes, ext types, and nesting one level deeper
         # than the decoder's stack. Sent, such a frame would make the peer
@@ -307,28 +373,67 @@ class MsgpackCodec:
         return b"".join((_ITEMS_START, self._packer.pack(uid), header, *values))
 
     def decode(self, frame: bytes | str) -> Message:
+        message = self.decode_lean(frame)
+        if type(message) is not list:
+            assert not isinstance(message, list)
+            return message
+        uid = message[1]
+        if message[0] == _RETURN:
+            return Return(uid, message[2])
+        size = len(message)
+        return Call(
+            uid,
+            message[2],
+            message[3],
+            message[4] if size >= 5 else None,
+            message[5] if size == 6 else None,
+        )
+
+    def decode_lean(self, frame: bytes | str) -> list[Any] | Message:
+        """
+        :meth:`decode`, but a CALL that is not a stream and a RETURN come back
+        as their msgpack arrays, checked as :meth:`decode` checks them:
+        ``[CALL_KIND, uid, path, args]``, then optionally ``kwargs`` (a map
+        with str keys, or None) and ``parent`` (a call id);
+        ``[RETURN_KIND, uid, value]``. Raises :exc:`ProtocolError`.
+        """
         if isinstance(frame, str):
             raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
         obj = unpack(frame, self._max_container_len, self._max_containers)
         if type(obj) is not list or not obj:
             raise _bad("a message must be a non-empty msgpack array")
         kind = obj[0]
+        if type(kind) is int:
+            size = len(obj)
+            if kind == _RETURN and size == 3:
+                uid = obj[1]
+                if type(uid) is not int or not 0 < uid <= _MAX_UID:
+                    raise _bad(_BAD_UID)
+                return obj
+            if kind == _CALL and 4 <= size <= 6:
+                uid = obj[1]
+                if type(uid) is not int or not 0 < uid <= _MAX_UID:
+                    raise _bad(_BAD_UID)
+                if type(obj[2]) is not str:
+                    raise _bad("call path must be a string")
+                if type(obj[3]) is not list:
+                    raise _bad("call arguments must be an array")
+                if size >= 5:
+                    kwargs = obj[4]
+                    if kwargs is not None:
+                        if type(kwargs) is not dict:
+                            raise _bad("call keyword arguments must be a map")
+                        if not all(type(key) is str for key in kwargs):
+                            raise _bad("keyword argument names must be strings")
+                    if size == 6:
+                        _uid(obj[5])
+                return obj
+        return self._decode_other(obj)
+
+    def _decode_other(self, obj: list[Any]) -> Message:
+        """The messages other than a plain CALL and a RETURN, from their array."""
+        kind = obj[0]
         size = len(obj)
-        if kind == _CALL and 4 <= size <= 6 and type(kind) is int:
-            path, args = obj[2], obj[3]
-            if type(path) is not str:
-                raise _bad("call path must be a string")
-            if type(args) is not list:
-                raise _bad("call arguments must be an array")
-            kwargs = obj[4] if size >= 5 else None
-            if kwargs is not None and type(kwargs) is not dict:
-                raise _bad("call keyword arguments must be a map")
-            if kwargs is not None and not all(type(key) is str for key in kwargs):
-                raise _bad("keyword argument names must be strings")
-            parent = _uid(obj[5]) if size == 6 else None
-            return Call(_uid(obj[1]), path, args, kwargs, parent)
-        if kind == _RETURN and size == 3 and type(kind) is int:
-            return Return(_uid(obj[1]), obj[2])
         if kind == _ITEM and size == 3 and type(kind) is int:
             return Item(_uid(obj[1]), obj[2])
         if kind == _ITEMS and size == 3 and type(kind) is int:

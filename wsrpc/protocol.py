@@ -49,11 +49,23 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .codecs import STREAMS_VERSION, BatchingCodec, Codec
+from .codecs import CALL_KIND, RETURN_KIND, STREAMS_VERSION, BatchingCodec, Codec, MsgpackCodec
 from .exceptions import EncodeError, ProtocolError, RemoteError, StateError
-from .messages import Accept, Call, Cancel, CloseCode, Credit, Error, Header, Item, Items, Return
+from .messages import (
+    Accept,
+    Call,
+    Cancel,
+    CloseCode,
+    Credit,
+    Error,
+    Header,
+    Item,
+    Items,
+    Message,
+    Return,
+)
 
-__all__ = ["BATCH_BYTES", "Phase", "RpcProtocol", "Side"]
+__all__ = ["BATCH_BYTES", "CALL_KIND", "RETURN_KIND", "Phase", "RpcProtocol", "Side"]
 
 BATCH_BYTES = 65_536
 """Most bytes of items one ITEMS frame carries (less when the peer's
@@ -127,6 +139,9 @@ class RpcProtocol:
         self.incoming: set[int] = set()
         """Ids of the peer's calls we have not answered yet."""
         self._next_uid = 1
+        # MsgpackCodec's lean path for calls and returns (see receive_lean);
+        # other codecs, subclasses included, go through message objects.
+        self._lean = codec if type(codec) is MsgpackCodec else None
 
     # -- handshake -----------------------------------------------------------
 
@@ -173,7 +188,7 @@ class RpcProtocol:
     def send_call(
         self,
         path: str,
-        args: list[Any],
+        args: Sequence[Any],
         kwargs: dict[str, Any] | None,
         parent: int | None = None,
         credit: int | None = None,
@@ -192,7 +207,11 @@ class RpcProtocol:
         if credit is not None and not self.peer_streams:
             raise StateError(self.no_streams_reason(path))
         uid = self._next_uid
-        frame = self.codec.encode(Call(uid, path, args, kwargs, parent, credit))
+        lean = self._lean
+        if lean is not None and credit is None:
+            frame: bytes | str = lean.encode_call(uid, path, args, kwargs, parent)
+        else:
+            frame = self.codec.encode(Call(uid, path, list(args), kwargs, parent, credit))
         limit = self.peer_max_size
         if limit is not None and len(frame) > limit:
             raise EncodeError(
@@ -300,7 +319,11 @@ class RpcProtocol:
         """
         self.incoming.discard(uid)
         try:
-            frame = self.codec.encode(Return(uid, value))
+            lean = self._lean
+            if lean is not None:
+                frame: bytes | str = lean.encode_return(uid, value)
+            else:
+                frame = self.codec.encode(Return(uid, value))
         except EncodeError as exc:
             return self._encode_error(uid, "EncodeError", str(exc), None)
         limit = self.peer_max_size
@@ -384,7 +407,48 @@ class RpcProtocol:
         """
         if self.phase is not Phase.OPEN:
             raise StateError("receive() before the handshake completed")
-        message = self.codec.decode(frame)
+        return self._received(self.codec.decode(frame))
+
+    def receive_lean(
+        self, frame: bytes | str
+    ) -> list[Any] | Call | Return | Error | Cancel | Item | Items | Credit | None:
+        """
+        :meth:`receive`, but with the codec's lean path when it has one
+        (:meth:`~wsrpc.codecs.MsgpackCodec.decode_lean`): a call that is not
+        a stream comes as the list ``[CALL_KIND, uid, path, args]``, then
+        optionally ``kwargs`` (None or a dict) and ``parent``; a return as
+        ``[RETURN_KIND, uid, value]``. Same checks, same state, same errors
+        as :meth:`receive`, without building a message object for the two
+        messages of nearly every call.
+        """
+        if self.phase is not Phase.OPEN:
+            raise StateError("receive() before the handshake completed")
+        lean = self._lean
+        if lean is None:
+            return self._received(self.codec.decode(frame))
+        message = lean.decode_lean(frame)
+        if type(message) is not list:
+            assert not isinstance(message, list)
+            return self._received(message)
+        uid = message[1]
+        if message[0] == RETURN_KIND:
+            outgoing = self.outgoing
+            if uid in outgoing:
+                outgoing.discard(uid)
+                if self.credit:
+                    self.credit.pop(uid, None)
+                return message
+            return None
+        # CALL_KIND
+        if uid in self.incoming:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"call id {uid} reused while running")
+        self.incoming.add(uid)
+        return message
+
+    def _received(
+        self, message: Message
+    ) -> Call | Return | Error | Cancel | Item | Items | Credit | None:
+        """The state's verdict on ``message``, decoded from a frame of an open connection."""
         kind = type(message)
         if kind is Call:
             assert isinstance(message, Call)

@@ -7,6 +7,7 @@ refusals.
 from __future__ import annotations
 
 import datetime
+from dataclasses import astuple
 from typing import Any
 
 import msgpack
@@ -661,3 +662,73 @@ def test_invalid_utf8_is_left_to_the_decoder() -> None:
     frame = wide(b"\xa2\xff\xfe")
     check_declared(frame)  # well formed: the walk does not decode strings
     assert refusal(frame).code == CloseCode.INVALID_PAYLOAD
+
+
+# -- the lean path: calls and returns without message objects --------------------
+
+
+@pytest.mark.parametrize("message", ROUND_TRIPS, ids=repr)
+def test_lean_path_is_the_same_wire_and_the_same_checks(message: Message) -> None:
+    codec = MsgpackCodec()
+    frame = codec.encode(message)
+    if type(message) is Call:
+        assert codec.encode_call(*astuple(message)[:5]) == frame
+    if type(message) is Return:
+        assert codec.encode_return(message.uid, message.value) == frame
+    lean = codec.decode_lean(frame)
+    if type(message) in (Call, Return):
+        # As it is on the wire: [kind, uid, ...], the fields decode() reads.
+        assert lean == msgpack.unpackb(frame, raw=False)
+    else:
+        assert lean == message
+
+
+def test_lean_call_fields() -> None:
+    codec = MsgpackCodec()
+    frame = codec.encode_call(5, "a.b", (1, "x"), None, 3)  # a tuple travels as a list
+    assert codec.decode_lean(frame) == [CALL, 5, "a.b", [1, "x"], None, 3]
+    assert codec.decode(frame) == Call(5, "a.b", [1, "x"], None, 3)
+
+
+@pytest.mark.parametrize(("what", "obj"), SHAPE_ERRORS, ids=[w for w, _ in SHAPE_ERRORS])
+def test_lean_decode_refuses_what_decode_refuses(what: str, obj: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        MsgpackCodec().decode_lean(pack(obj))
+    assert info.value.code == CloseCode.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize(("kind", "shape"), UID_SHAPES, ids=[k for k, _ in UID_SHAPES])
+@pytest.mark.parametrize(("what", "uid"), BAD_UIDS, ids=[w for w, _ in BAD_UIDS])
+def test_lean_decode_refuses_bad_uids(kind: str, shape: Any, what: str, uid: object) -> None:
+    with pytest.raises(ProtocolError):
+        MsgpackCodec().decode_lean(pack(shape(uid)))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [{1: "int key"}],  # flat check: a map, so the frame is checked
+        [[{2: "nested int key"}]],
+        [msgpack.ExtType(5, b"x")],
+        [_deep()],
+    ],
+    ids=["int-key map", "nested int-key map", "ext", "deep"],
+)
+def test_lean_encode_still_refuses_what_the_peer_would(args: list[Any]) -> None:
+    codec = MsgpackCodec()
+    with pytest.raises(EncodeError):
+        codec.encode_call(1, "f", args, None, None)
+    with pytest.raises(EncodeError):
+        codec.encode_call(1, "f", args, None, 7)
+    with pytest.raises(EncodeError):
+        codec.encode_return(1, args)
+
+
+@pytest.mark.parametrize("value", [2**64, "\ud800", 1j], ids=["2**64", "lone surrogate", "complex"])
+def test_lean_encode_of_a_bad_scalar_raises_and_recovers(value: object) -> None:
+    codec = MsgpackCodec()
+    with pytest.raises(EncodeError):
+        codec.encode_return(1, value)
+    with pytest.raises(EncodeError):
+        codec.encode_call(1, "f", [value], None, None)
+    assert codec.decode(codec.encode_return(2, "ok")) == Return(2, "ok")

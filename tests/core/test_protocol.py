@@ -13,7 +13,7 @@ import pytest
 from wsrpc import CloseCode, EncodeError, MsgpackCodec, RemoteError
 from wsrpc.exceptions import ProtocolError, StateError
 from wsrpc.messages import Accept, Call, Cancel, Error, Header, Message, Return
-from wsrpc.protocol import Phase, RpcProtocol, Side
+from wsrpc.protocol import CALL_KIND, RETURN_KIND, Phase, RpcProtocol, Side
 
 
 def make(
@@ -624,3 +624,39 @@ def test_frames_are_bytes_for_a_binary_codec() -> None:
     for frame in frames:
         assert type(frame) is bytes
         assert isinstance(msgpack.unpackb(frame), list)
+
+
+# -- the lean path ---------------------------------------------------------------
+
+
+def test_receive_lean_gives_calls_and_returns_as_lists_with_the_same_state() -> None:
+    client, server = open_pair()
+    uid, frame = client.send_call("add", (1, 2), None)  # a tuple: any sequence
+    call = server.receive_lean(frame)
+    assert call == [CALL_KIND, uid, "add", [1, 2]]
+    assert uid in server.incoming
+    with pytest.raises(ProtocolError) as info:
+        server.receive_lean(frame)  # the id is still running
+    assert info.value.code == CloseCode.PROTOCOL_ERROR
+    reply = server.send_return(uid, 3)
+    assert uid not in server.incoming
+    assert client.receive_lean(reply) == [RETURN_KIND, uid, 3]
+    assert uid not in client.outgoing
+    assert client.receive_lean(reply) is None  # a second reply is dropped
+
+
+def test_receive_lean_gives_other_messages_as_receive_does() -> None:
+    client, server = open_pair()
+    uid, frame = client.send_call("f", [], {"k": 1}, None)
+    assert server.receive_lean(frame) == [CALL_KIND, uid, "f", [], {"k": 1}]
+    error = server.send_error(uid, ValueError("no"))
+    assert client.receive_lean(error) == Error(uid, "ValueError", "no")
+    uid, frame = client.send_call("g", [], None)
+    assert server.receive_lean(client.send_cancel(uid) or b"") is None  # not running here
+    server.receive_lean(frame)
+    assert server.receive_lean(frame_of(Cancel(uid))) == Cancel(uid)
+
+
+def test_receive_lean_before_open() -> None:
+    with pytest.raises(StateError):
+        make(Side.SERVER).receive_lean(frame_of(Call(1, "f", [])))

@@ -181,10 +181,11 @@ class PicowsChannel(CallbackChannel, WSListener):
         "_stall_timeout",
         "_stall_timer",
         "_transport",
-        "_writing_paused",
+        "writing_paused",
     )
 
     _transport: WSTransport  # set by on_ws_connected, before anyone sees the channel
+    writing_paused: bool  # a slot rather than a property: read after every send
 
     def __init__(
         self,
@@ -219,7 +220,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         # deque), and a server holds these for every connection, idle ones
         # included. Each waiter has a future of its own, as in an Event: a
         # cancelled waiter cancels only its own.
-        self._writing_paused = False
+        self.writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # see drain()
         # Pings awaiting their pong; made by ping() and dropped once empty,
         # for the same reason (a deque is some 760 bytes).
@@ -247,6 +248,22 @@ class PicowsChannel(CallbackChannel, WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        if msg_type is _BINARY:
+            on_message = self._on_message
+            if (
+                frame.fin
+                and on_message is not None
+                and not (self._closing or self._reading_paused or transport.is_close_frame_sent)
+                and self._held is None
+                and not self._assembler.in_message
+                and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+            ):
+                # Nearly every wsrpc message: one whole binary frame, within
+                # max_frame_size (picows' bound, which is max_message_size),
+                # while nothing is held. Nothing to assemble or to decode (the
+                # assembler would return it as it is): straight to wsrpc.
+                on_message(frame.get_payload_as_bytes())
+                return
         if msg_type is _CLOSE:
             self._close_frame(frame)
         elif msg_type is _PONG:
@@ -280,7 +297,7 @@ class PicowsChannel(CallbackChannel, WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
         self._assembler.reset()
-        self._writing_paused = False
+        self.writing_paused = False
         self._pending_pong = None
         _wake(self._drain_waiters)
         self._drain_waiters = None
@@ -307,7 +324,7 @@ class PicowsChannel(CallbackChannel, WSListener):
             on_lost()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
         if self._stall_timeout is not None and self._stall_timer is None and not self._gone:
             self._stall_timer = self._loop.call_later(self._stall_timeout, self._stalled)
 
@@ -315,7 +332,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         """Send the held pong, if the write buffer has room and the socket is there."""
         self._pong_scheduled = False
         pong = self._pending_pong
-        if pong is None or self._writing_paused:
+        if pong is None or self.writing_paused:
             return
         self._pending_pong = None
         transport = self._transport
@@ -324,7 +341,7 @@ class PicowsChannel(CallbackChannel, WSListener):
                 transport.send_pong(pong)
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
@@ -454,12 +471,8 @@ class PicowsChannel(CallbackChannel, WSListener):
         # picows encodes a str to UTF-8 itself.
         transport.send(_TEXT if type(data) is str else _BINARY, data)
 
-    @property
-    def writing_paused(self) -> bool:
-        return self._writing_paused
-
     async def drain(self) -> None:
-        if self._writing_paused:
+        if self.writing_paused:
             if self._drain_waiters is None:
                 self._drain_waiters = []
             await self._wait(self._drain_waiters)
