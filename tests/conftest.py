@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -86,6 +86,33 @@ class _Recorder(logging.Handler):
         self.records.append(record)
 
 
+@contextmanager
+def _asyncio_errors_recorded() -> Iterator[_Recorder]:
+    recorder = _Recorder()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(recorder)
+    try:
+        yield recorder
+    finally:
+        logger.removeHandler(recorder)
+
+
+# The collections below are full ones, and a full collection walks every
+# object the collector tracks: the session's (modules, test items and their
+# parameters, what earlier tests keep, a few hundred thousand objects) as
+# well as the test's. Walking those after each of a thousand async tests cost
+# a third of the suite's time. So, once a collection has run, what survived it
+# is frozen (gc.freeze(): left out of later collections) and the next
+# collection walks only what was made since. What the frozen objects drop
+# later (a module-scoped fixture's server, say) is unfrozen and collected at
+# the end of each module, under the same check.
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     """
@@ -95,14 +122,24 @@ def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("asyncio") is None:
         yield
         return
-    recorder = _Recorder()
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(recorder)
-    try:
+    with _asyncio_errors_recorded() as recorder:
         yield
         gc.collect()  # "never retrieved" is reported when the object dies
-    finally:
-        logger.removeHandler(recorder)
+        gc.freeze()
+    assert not recorder.records, [record.getMessage() for record in recorder.records]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_asyncio_errors_after_the_module() -> Iterator[None]:
+    """
+    The same check once the module's fixtures are gone, over everything
+    frozen meanwhile: an error there fails the module's last test (teardown).
+    """
+    yield
+    with _asyncio_errors_recorded() as recorder:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
     assert not recorder.records, [record.getMessage() for record in recorder.records]
 
 
