@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -143,10 +144,42 @@ def no_asyncio_errors_after_the_module() -> Iterator[None]:
     assert not recorder.records, [record.getMessage() for record in recorder.records]
 
 
+# pytest-xdist (`make test` runs the suite on every core with it): its workers
+# start as a bare interpreter, without this one's -X dev; and the hostile-input
+# figures are measured in whichever worker ran tests/io/test_hostile.py, so
+# that worker hands them over at its end.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    specs = getattr(config.option, "tx", None)
+    if specs and sys.flags.dev_mode:
+        python = f"{shlex.quote(sys.executable)} -X dev"
+        config.option.tx = [f"popen//python={python}" if s == "popen" else s for s in specs]
+
+
+def _hostile_lines() -> list[str]:
+    hostile = sys.modules.get("tests.io.test_hostile")
+    lines: list[str] = hostile.report_lines() if hostile is not None else []
+    return lines
+
+
+_lines_from_workers: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["hostile_lines"] = _hostile_lines()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _lines_from_workers.extend(getattr(node, "workeroutput", {}).get("hostile_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the hostile-input figures (latency, memory) if those tests ran."""
-    hostile = sys.modules.get("tests.io.test_hostile")
-    lines = hostile.report_lines() if hostile is not None else []
+    lines = _hostile_lines() + _lines_from_workers
     if lines:
         terminalreporter.section("hostile input: measured")
         for line in lines:
