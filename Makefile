@@ -65,14 +65,22 @@ screenshot: $(STAMP) browser
 # every server and connector they create.
 IO_TESTS := tests/io
 
+# Both passes run on every core (pytest-xdist): most tests wait on sockets,
+# child processes or timeouts as much as they compute. --dist loadfile keeps
+# a module's tests in one worker, so its module-scoped fixtures (Redis and
+# its nodes, the browser) start once. `make test WORKERS=0` runs the suite
+# in one process.
+WORKERS ?= auto
+PYTEST := $(BIN)/python -X dev -m pytest -n $(WORKERS) --dist loadfile
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER)
 	$(BIN)/ruff check wsrpc tests examples
 	$(BIN)/mypy
-	$(BIN)/python -X dev -m pytest
-	WSRPC_TEST_TRANSPORT=picows $(BIN)/python -X dev -m pytest $(IO_TESTS)
+	$(PYTEST)
+	WSRPC_TEST_TRANSPORT=picows $(PYTEST) $(IO_TESTS)
 
 types: $(STAMP)
 	$(BIN)/mypy

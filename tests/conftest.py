@@ -19,9 +19,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -86,6 +87,33 @@ class _Recorder(logging.Handler):
         self.records.append(record)
 
 
+@contextmanager
+def _asyncio_errors_recorded() -> Iterator[_Recorder]:
+    recorder = _Recorder()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(recorder)
+    try:
+        yield recorder
+    finally:
+        logger.removeHandler(recorder)
+
+
+# The collections below are full ones, and a full collection walks every
+# object the collector tracks: the session's (modules, test items and their
+# parameters, what earlier tests keep, a few hundred thousand objects) as
+# well as the test's. Walking those after each of a thousand async tests cost
+# a third of the suite's time. So, once a collection has run, what survived it
+# is frozen (gc.freeze(): left out of later collections) and the next
+# collection walks only what was made since. What the frozen objects drop
+# later (a module-scoped fixture's server, say) is unfrozen and collected at
+# the end of each module, under the same check.
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     """
@@ -95,21 +123,63 @@ def no_asyncio_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("asyncio") is None:
         yield
         return
-    recorder = _Recorder()
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(recorder)
-    try:
+    with _asyncio_errors_recorded() as recorder:
         yield
         gc.collect()  # "never retrieved" is reported when the object dies
-    finally:
-        logger.removeHandler(recorder)
+        gc.freeze()
     assert not recorder.records, [record.getMessage() for record in recorder.records]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_asyncio_errors_after_the_module() -> Iterator[None]:
+    """
+    The same check once the module's fixtures are gone, over everything
+    frozen meanwhile: an error there fails the module's last test (teardown).
+    """
+    yield
+    with _asyncio_errors_recorded() as recorder:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+    assert not recorder.records, [record.getMessage() for record in recorder.records]
+
+
+# pytest-xdist (`make test` runs the suite on every core with it): its workers
+# start as a bare interpreter, without this one's -X dev; and the hostile-input
+# figures are measured in whichever worker ran tests/io/test_hostile.py, so
+# that worker hands them over at its end.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    specs = getattr(config.option, "tx", None)
+    if specs and sys.flags.dev_mode:
+        python = f"{shlex.quote(sys.executable)} -X dev"
+        config.option.tx = [f"popen//python={python}" if s == "popen" else s for s in specs]
+
+
+def _hostile_lines() -> list[str]:
+    hostile = sys.modules.get("tests.io.test_hostile")
+    lines: list[str] = hostile.report_lines() if hostile is not None else []
+    return lines
+
+
+_lines_from_workers: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["hostile_lines"] = _hostile_lines()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _lines_from_workers.extend(getattr(node, "workeroutput", {}).get("hostile_lines", []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the hostile-input figures (latency, memory) if those tests ran."""
-    hostile = sys.modules.get("tests.io.test_hostile")
-    lines = hostile.report_lines() if hostile is not None else []
+    lines = _hostile_lines() + _lines_from_workers
     if lines:
         terminalreporter.section("hostile input: measured")
         for line in lines:

@@ -950,7 +950,7 @@ def _wrapped(frame: bytes, count: int) -> bytes:
     return b"\xdc" + count.to_bytes(2, "big") + b"\xc0" * (count - 1) + frame
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frame=msgpack_frames(), count=st.integers(1, 40), cut=st.integers(0, 3))
 # Found by a 20,000-example run: a timestamp of 8 bytes in the ext 8 format.
 @example(frame=b"\x93\x03\x01\xc7\x08\xff" + b"\x00" * 8, count=1, cut=0)

@@ -221,14 +221,16 @@ async def test_a_dead_peer_is_detected_and_its_calls_fail(running: Running) -> N
     # The client sits behind a proxy that freezes: the server's keepalive
     # (a probe call, ASGI having no ping) goes unanswered, and the server's
     # call to that client fails instead of waiting for ever.
-    async with (
-        TcpProxy(running.port) as proxy,
-        client(f"ws://127.0.0.1:{proxy.port}/rpc/", ping_interval=None) as (frozen, _),
-        client(f"{running.base}/rpc/") as (watcher, _),
-    ):
-        await frozen.call_me_and_wait("frozen")
-        proxy.stall()
-        assert await watcher.outcome("frozen") == ["ConnectionClosedError", 1011]
+    async with TcpProxy(running.port) as proxy:
+        frozen_url = f"ws://127.0.0.1:{proxy.port}/rpc/"
+        async with (
+            # Its close handshake cannot complete: close_timeout bounds the wait.
+            client(frozen_url, ping_interval=None, close_timeout=UNIT) as (frozen, _),
+            client(f"{running.base}/rpc/") as (watcher, _),
+        ):
+            await frozen.call_me_and_wait("frozen")
+            proxy.stall()
+            assert await watcher.outcome("frozen") == ["ConnectionClosedError", 1011]
 
 
 async def test_a_message_over_max_message_size_closes_with_1009(running: Running) -> None:
