@@ -117,13 +117,16 @@ STREAM_WINDOW = 16
 credit of its STREAM message), and the fewest it ever lets it."""
 STREAM_MAX_WINDOW = 256
 """The most items a consumer lets a producer send ahead (small items)."""
-STREAM_BUFFER_BYTES = 8 * 1_048_576
+STREAM_BUFFER_BYTES = 64 * 1_048_576
 """Most bytes of stream items a connection holds for its users to take, all
 its streams together, counted as the frames that carried them. The window
 counts items, and a producer that grew it with small items could then fill
-it with large ones (256 of ``max_message_size``); past this many bytes, the
-connection is not read until the users have taken half of them
-(back-pressure: nothing is dropped, the producer waits on TCP)."""
+it with large ones (256 of ``max_message_size`` per stream); past this many
+bytes, the connection is not read until the users have taken half of them
+(back-pressure: nothing is dropped, the producer waits on TCP). Honest
+streams hold about 1 MiB each (the window's bytes), so this is 64 of them
+paused at once; a connection left unread for longer than the keepalive
+allows (``ping_interval`` + ``ping_timeout``) is then closed by it, 1011."""
 STREAM_WINDOW_BYTES = 1_048_576
 """Bytes of items a consumer lets a producer send ahead, counted by the
 average size of the items it received since it last granted credit: the
