@@ -25,6 +25,7 @@ The coverage-guided counterpart (atheris) is ``fuzz/atheris_codecs.py``.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import json
 import math
@@ -99,7 +100,13 @@ def check_value(value: object, codec: Codec) -> None:
             stack.extend(item.values())
         else:
             plain: tuple[type, ...] = (type(None), bool, int, float, str)
-            assert kind in (*plain, bytes) if codec.binary else kind in plain, kind
+            if codec.binary:
+                # msgpack's timestamp arrives as an aware datetime, in UTC.
+                assert kind in (*plain, bytes, datetime.datetime), kind
+                if kind is datetime.datetime:
+                    assert isinstance(item, datetime.datetime) and item.tzinfo is datetime.UTC
+            else:
+                assert kind in plain, kind
 
 
 def check_uid(uid: object, codec: Codec) -> None:
