@@ -805,13 +805,14 @@ class RemoteTypes:
     whose annotations do not resolve) is sent as it is.
     """
 
-    __slots__ = ("_native", "_remote", "_signatures")
+    __slots__ = ("_native", "_plain", "_remote", "_signatures")
 
     def __init__(self, remote: Any, native: tuple[type, ...] = NATIVE_MSGPACK) -> None:
         require()
         self._remote = remote
         self._native = native
         self._signatures: dict[str, Signature | None] = {}
+        self._plain: bool | None = None  # converts_nothing(), once known
 
     def signature(self, path: str) -> Signature | None:
         """The conversions of a call to ``path``; None when there are none to make."""
@@ -838,11 +839,13 @@ class RemoteTypes:
         its attributes are annotated with) converts anything: then its
         calls need no wrapper at all. False when unsure.
         """
-        try:
-            paths = _paths(self._remote, "", set())
-            return all(self.signature(path) is None for path in paths)
-        except Exception:  # an annotation that does not resolve: decided per call
-            return False
+        if self._plain is None:
+            try:
+                paths = _paths(self._remote, "", set())
+                self._plain = all(self.signature(path) is None for path in paths)
+            except Exception:  # an annotation that does not resolve: decided per call
+                self._plain = False
+        return self._plain
 
     def wrap(
         self, call: CallFunction, stream: StreamFunction
