@@ -102,6 +102,20 @@ class Ticker:
         return a + b
 
 
+def recorded_sends(end: Any) -> list[bytes]:
+    """The frames ``end`` (a memory channel) sends from now on, as it sends them."""
+    sent: list[bytes] = []
+    send = end.send
+
+    def recording(data: bytes | str) -> None:
+        assert isinstance(data, bytes)
+        sent.append(data)
+        send(data)
+
+    end.send = recording
+    return sent
+
+
 def frames(raw: list[Any]) -> list[list[Any]]:
     return [msgpack.unpackb(frame) for frame in raw]
 
@@ -373,15 +387,7 @@ async def test_the_window_holds_a_mebibyte_of_items_within_16_and_256(
 async def test_a_fast_generator_batches_and_a_waiting_one_sends_what_it_made() -> None:
     client_end, server_end = channel_pair()
     client_protocol, server_protocol = open_protocols()
-    server_end_frames: list[bytes] = []
-    send = server_end.send
-
-    def recording(data: bytes | str) -> None:
-        assert isinstance(data, bytes)
-        server_end_frames.append(data)
-        send(data)
-
-    server_end.send = recording  # type: ignore[method-assign]
+    server_end_frames = recorded_sends(server_end)
     ticker = Ticker()
     communicator(server_end, server_protocol, ticker)
     client, _ = communicator(client_end, client_protocol, None)
@@ -405,15 +411,7 @@ async def test_a_generator_slow_without_waiting_sends_its_items_within_a_millise
     monkeypatch.setattr(_communicator, "_clock", lambda: next(ticks) / 1000)
     client_end, server_end = channel_pair()
     client_protocol, server_protocol = open_protocols()
-    received: list[bytes] = []
-    send = server_end.send
-
-    def recording(data: bytes | str) -> None:
-        assert isinstance(data, bytes)
-        received.append(data)
-        send(data)
-
-    server_end.send = recording  # type: ignore[method-assign]
+    received = recorded_sends(server_end)
     communicator(server_end, server_protocol, Ticker())
     client, _ = communicator(client_end, client_protocol, None)
     assert [item async for item in client.stream("ticks", (10,), {}, None)] == list(range(10))
@@ -461,15 +459,7 @@ async def test_a_connection_closing_as_a_waiting_generator_sends_its_items_ends_
 async def test_a_producer_sends_one_item_per_frame_to_a_peer_announcing_streams_1() -> None:
     client_end, server_end = channel_pair()
     client_protocol, server_protocol = older_protocols()
-    received: list[bytes] = []
-    send = server_end.send
-
-    def recording(data: bytes | str) -> None:
-        assert isinstance(data, bytes)
-        received.append(data)
-        send(data)
-
-    server_end.send = recording  # type: ignore[method-assign]
+    received = recorded_sends(server_end)
     communicator(server_end, server_protocol, Ticker())
     client, _ = communicator(client_end, client_protocol, None)
     assert [item async for item in client.stream("ticks", (40,), {}, None)] == list(range(40))
