@@ -798,9 +798,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def wsrpc_revision() -> str:
-    """The repo's commit, marked ``+dirty`` if wsrpc/ has uncommitted changes."""
-    git = ["git", "-C", str(BENCH_DIR.parent)]
+def wsrpc_revision(root: Path = BENCH_DIR.parent) -> str:
+    """The commit of the checkout ``root`` (this repo), ``+dirty`` if its wsrpc/ has changes."""
+    git = ["git", "-C", str(root)]
     try:
         head = subprocess.run(
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10

@@ -522,23 +522,12 @@ def measure_in(args: argparse.Namespace, transport: str, checkout: Path) -> dict
 
 
 def wsrpc_revision(root: Path | None = None) -> str:
-    """The commit of a wsrpc checkout (the one measured), ``+dirty`` with changes in wsrpc/."""
+    """The commit of a wsrpc checkout (the one measured, by default), and where it is."""
+    import run  # the harness's helpers
+
     if root is None:
         root = Path(wsrpc.__file__).resolve().parent.parent
-    git = ["git", "-C", str(root)]
-    try:
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "wsrpc"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"unknown ({root})"
-    return f"{head or 'unknown'}{'+dirty' if dirty else ''} ({root})"
+    return f"{run.wsrpc_revision(root)} ({root})"
 
 
 def meta(args: argparse.Namespace, transports: list[wsrpc.TransportName]) -> dict[str, Any]:
