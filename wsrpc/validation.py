@@ -187,11 +187,11 @@ _SALTED = frozenset({
 })  # fmt: skip
 
 
-def _hashed_ok(node: Any, is_key: bool) -> bool:
+def _hashed_ok(node: Any) -> bool:
     """Whether values of type ``node`` may be built as keys (or set items) from the wire."""
     name = type(node).__name__
     if name == "UnionType":
-        return all(_hashed_ok(alternative, is_key) for alternative in node.types)
+        return all(_hashed_ok(alternative) for alternative in node.types)
     return name in _SALTED or name == "IntType"
 
 
@@ -233,7 +233,7 @@ def _make_guard(
     node: Any, what: str, mi: Any, memo: dict[int, Any]
 ) -> Callable[[Any], None] | None:
     if isinstance(node, mi.DictType):
-        if not _hashed_ok(node.key_type, True):
+        if not _hashed_ok(node.key_type):
             raise TypeError(
                 f"{what}: dict keys of type {_named(node.key_type)} cannot be built from the"
                 " network (their hashes can be made to collide); take dict[str, ...]"
@@ -258,7 +258,7 @@ def _make_guard(
 
         return check_dict
     if isinstance(node, (mi.SetType, mi.FrozenSetType)):
-        if not _hashed_ok(node.item_type, False):
+        if not _hashed_ok(node.item_type):
             raise TypeError(
                 f"{what}: set items of type {_named(node.item_type)} cannot be built from the"
                 " network (their hashes can be made to collide); take list[...]"
