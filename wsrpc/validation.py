@@ -168,7 +168,7 @@ def _guard(tp: Any, what: str) -> Callable[[Any], None] | None:
     32 s for ``dict[UUID, int]``). So:
 
     * ``int`` keys are accepted as text of at most :data:`MAX_INT_KEY_LENGTH`
-      characters: about 80 ints that short share a hash, which costs nothing;
+      characters: at most about 48 ints that short share a hash, which costs nothing;
     * keys and set items of ``str``, ``bytes``, ``bool``, ``Enum``,
       ``Literal``, ``date``, ``datetime``, ``time`` and ``timedelta`` (salted
       hashes, or few values) need no check, nor set items of ``int`` (the wire
