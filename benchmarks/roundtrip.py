@@ -69,7 +69,7 @@ SYSTEMS = {
     "picows": ("systems.picows_system", None, True),
     "ws-msgpack": ("systems.ws_msgpack", None, False),
 }
-SCENARIOS = ("sequential", "pipelined", "callbacks", "payload")
+SCENARIOS = ("sequential", "pipelined", "many_clients", "callbacks", "payload")
 
 
 def _params(port: int, args: argparse.Namespace) -> Params:
@@ -106,6 +106,17 @@ async def _calls(client: AsyncClient, args: argparse.Namespace, count: int) -> N
                 await client.add(left, 1)
 
         await asyncio.gather(*(worker() for _ in range(args.inflight)))
+    elif args.scenario == "many_clients":
+        left = count
+
+        async def one_client(other: AsyncClient) -> None:
+            nonlocal left
+            add = other.add
+            while left > 0:
+                left -= 1
+                await add(left, 1)
+
+        await asyncio.gather(*(one_client(c) for c in args.clients))
     elif args.scenario == "callbacks":
         result = await client.run_callbacks(count, 1e9)
         if result["calls"] != count:
@@ -126,6 +137,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     p = _params(0, args)
     port = await module.serve(p)
     client = await module.connect(_params(port, args))
+    args.clients = [client]
+    if args.scenario == "many_clients":
+        args.clients += [await module.connect(_params(port, args)) for _ in range(args.conns - 1)]
     await _calls(client, args, args.warmup)
     profiler = cProfile.Profile() if args.mode == "cprofile" else None
     cpu, start = time.process_time(), time.perf_counter()
@@ -235,6 +249,8 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
         str(args.warmup),
         "--inflight",
         str(args.inflight),
+        "--conns",
+        str(args.conns),
         "--payload-size",
         str(args.payload_size),
         "--mode",
@@ -275,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=None, help="measured round trips")
     parser.add_argument("--warmup", type=int, default=500, help="round trips before measuring")
     parser.add_argument("--inflight", type=int, default=100, help="pipelined: workers")
+    parser.add_argument("--conns", type=int, default=1000, help="many_clients: connections")
     parser.add_argument("--payload-size", type=int, default=2**20, help="payload: bytes")
     parser.add_argument("--top", type=int, default=30, help="cprofile: functions to list")
     parser.add_argument("--sort", default="tottime", help="cprofile: pstats sort key")

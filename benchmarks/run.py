@@ -496,6 +496,8 @@ def run_once(system: System, scenario: str, budget: Budget, workdir: Path) -> di
         result["listen_drops"] = drops_after - drops_before
     calls = result.get("calls") or 0
     start_cpu, end_cpu = cpu.get("start"), cpu.get("end")
+    if start_cpu is None and "active" in cpu:  # many_clients: the calls run between these two
+        start_cpu, end_cpu = cpu.get("opened"), cpu.get("active")
     if start_cpu is not None and end_cpu is not None and calls:
         result["server_cpu_us_per_call"] = (end_cpu - start_cpu) * 1e6 / calls
     if "client_cpu_s" in result and calls:

@@ -73,7 +73,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Gene
 from typing import Any
 
 from ._transports.base import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
-from .dispatch import PLAIN, STREAM, AccessRefused, resolve
+from .dispatch import PLAIN, STREAM, AccessRefused, Resolver
 from .exceptions import (
     ConnectionClosedError,
     EncodeError,
@@ -83,7 +83,7 @@ from .exceptions import (
     StateError,
     ValidationError,
 )
-from .messages import Call, CloseCode, Credit, Error, Item, Items, Return
+from .messages import Call, Cancel, CloseCode, Credit, Error, Item, Items, Return
 from .protocol import RETURN_KIND, RpcProtocol
 from .states import CloseInfo
 from .validation import NATIVE_JSON, NATIVE_MSGPACK, ConvertedItems, Validator, validator_for
@@ -229,7 +229,7 @@ class Communicator:
         """
         self._channel = channel
         self._protocol = protocol
-        self._provider: object = provider
+        self._resolve = Resolver(provider)  # the provider's methods, by path
         self._call_timeout = call_timeout
         self._error_level = call_error_log_level
         self._validate = validate
@@ -612,19 +612,16 @@ class Communicator:
         """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
             return  # nobody can answer it any more
-        timed = len(data) > _TIMED_ABOVE and self._decode_budget is not None
-        if timed:
-            started = time.perf_counter()
         try:
             # Calls and returns come as plain lists (see receive_lean).
-            message = self._protocol.receive_lean(data)
+            if len(data) > _TIMED_ABOVE and self._decode_budget is not None:
+                message = self._receive_timed(data)
+            else:
+                message = self._protocol.receive_lean(data)
         except ProtocolError as exc:
             logger.info("closing connection: %s", exc)
             self._abort(exc.code, exc.reason)
             return
-        finally:
-            if timed:
-                self._count_decoding(started)
         if type(message) is list:
             if message[0] == RETURN_KIND:
                 future = self._pending.pop(message[1], None)
@@ -683,6 +680,16 @@ class Communicator:
             assert not isinstance(message, list)  # returned above
             self._on_cancel(message.uid)
 
+    def _receive_timed(
+        self, data: bytes | str
+    ) -> list[Any] | Call | Return | Error | Cancel | Item | Items | Credit | None:
+        """``receive_lean(data)``, its time charged to the decoding budget."""
+        started = time.perf_counter()
+        try:
+            return self._protocol.receive_lean(data)
+        finally:
+            self._count_decoding(started)
+
     def _count_decoding(self, started: float) -> None:
         """Charge the decoding that began at ``started``; stop reading when over budget."""
         if self.closed is not None:
@@ -738,7 +745,7 @@ class Communicator:
         # its peer's driver, and on_closed is a method of the owner, so
         # keeping either would tie the connection into reference cycles that
         # only a full garbage collection frees.
-        self._provider = None
+        self._resolve = Resolver(None)
         await on_closed(close_info_of(self._channel.close_frames, closed.code, closed.reason))
         if not self._done.done():
             self._done.set_result(None)
@@ -762,7 +769,7 @@ class Communicator:
         stops the channel's delivery until a call ends.
         """
         try:
-            func, kind = resolve(self._provider, call.path)
+            func, kind = self._resolve(call.path)
         except AccessRefused as exc:
             self._send_quietly(self._protocol.send_refusal(call.uid, str(exc)))
             return
@@ -778,7 +785,7 @@ class Communicator:
         """
         uid, path, args = message[1], message[2], message[3]
         try:
-            func, kind = resolve(self._provider, path)
+            func, kind = self._resolve(path)
         except AccessRefused as exc:
             self._send_quietly(self._protocol.send_refusal(uid, str(exc)))
             return

@@ -81,6 +81,18 @@ _map_or_ext = _MAP_OR_EXT.search
 _SCALARS = frozenset([int, float, str, bytes, bool, type(None)])
 # Bytes that may start an array or a map with a 16- or 32-bit length.
 _WIDE_CONTAINER = re.compile(b"[\xdc-\xdf]")
+_wide = _WIDE_CONTAINER.search
+# Frames up to this many bytes are decoded without the structural walk even
+# when they hold a 16- or 32-bit container header: msgpack bounds each
+# container's declared length by the frame's length (unpackb's default), so
+# the most such a frame makes the decoder allocate before refusing it is
+# some 42 nested arrays (3-byte headers) of 128 slots each, about 45 KB, and
+# everything else the walk refuses the decoder refuses too. Four byte values
+# in 256 are such headers, and call ids and integer arguments hit them: the
+# walk ran on 2.6 % of the frames of the benchmark's calls, and walking a
+# 12-byte call took 2.8 µs where decoding it takes 0.17 µs.
+_UNWALKED_SIZE = 128
+_unpackb = msgpack.unpackb
 # Frames over this many bytes decode with the garbage collector off (see decode()).
 _NO_GC_ABOVE = 16_384
 # msgpack's decoder nests at most this deep (its fixed stack size).
@@ -218,6 +230,15 @@ class MsgpackCodec:
             raise ValueError("max_containers must be positive")
         self._max_container_len = max_container_len
         self._max_containers = max_containers
+        # decode_lean() decodes frames up to this size inline, without
+        # unpack()'s branches: they hold fewer bytes, so fewer containers,
+        # than the budget, and are decoded with the collector on. -1 (msgpack's
+        # "as many as the frame has bytes") when max_container_len is None.
+        self._inline_size = min(_NO_GC_ABOVE, max_containers or _NO_GC_ABOVE)
+        self._unwalked = min(_UNWALKED_SIZE, self._inline_size)
+        if max_container_len is not None and max_container_len > _UNWALKED_SIZE:
+            self._unwalked = 0  # containers may then declare more than the frame's length
+        self._len_limit = -1 if max_container_len is None else max_container_len
         # One reusable packer: about twice as fast as packb(). It starts
         # small (the default buffer is 256 KiB) and grows with the largest
         # message. Codec objects are therefore not thread-safe: a server
@@ -397,20 +418,41 @@ class MsgpackCodec:
         with str keys, or None) and ``parent`` (a call id);
         ``[RETURN_KIND, uid, value]``. Raises :exc:`ProtocolError`.
         """
-        if isinstance(frame, str):
+        size = len(frame)
+        if type(frame) is bytes and (
+            size <= self._unwalked or (size <= self._inline_size and _wide(frame) is None)
+        ):
+            # Nearly every frame: unpack() inline, in its simplest case (a
+            # small frame with no 16- or 32-bit container header to walk, or
+            # too short for the walk to matter: see _UNWALKED_SIZE).
+            try:
+                obj = _unpackb(
+                    frame,
+                    ext_hook=_refuse_ext,
+                    timestamp=3,
+                    max_array_len=self._len_limit,
+                    max_map_len=self._len_limit,
+                )
+            except ProtocolError:
+                raise
+            except Exception as exc:  # msgpack raises ValueError subclasses and others
+                raise _undecodable(exc) from exc
+        elif isinstance(frame, str):
             raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frame on a msgpack connection")
-        obj = unpack(frame, self._max_container_len, self._max_containers)
+        else:
+            obj = unpack(frame, self._max_container_len, self._max_containers)
         if type(obj) is not list or not obj:
             raise _bad("a message must be a non-empty msgpack array")
         kind = obj[0]
-        if type(kind) is int:
-            size = len(obj)
-            if kind == _RETURN and size == 3:
+        if kind == _RETURN and type(kind) is int:
+            if len(obj) == 3:
                 uid = obj[1]
                 if type(uid) is not int or not 0 < uid <= _MAX_UID:
                     raise _bad(_BAD_UID)
                 return obj
-            if kind == _CALL and 4 <= size <= 6:
+        elif kind == _CALL and type(kind) is int:
+            size = len(obj)
+            if 4 <= size <= 6:
                 uid = obj[1]
                 if type(uid) is not int or not 0 < uid <= _MAX_UID:
                     raise _bad(_BAD_UID)
@@ -546,13 +588,15 @@ def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAI
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises ValueError subclasses and others
-        raise ProtocolError(
-            CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})"
-        ) from exc
+        raise _undecodable(exc) from exc
     finally:
         if collecting:
             gc.enable()
     return obj
+
+
+def _undecodable(exc: Exception) -> ProtocolError:
+    return ProtocolError(CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})")
 
 
 def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "MAX_PATH_LENGTH",
     "MAX_PATH_SEGMENTS",
     "PLAIN",
+    "Resolver",
     "ASYNC",
     "STREAM",
     "AccessRefused",
@@ -110,6 +111,40 @@ def resolve(provider: object, path: str) -> tuple[Callable[..., Any], int]:
     for index, name in enumerate(names[:-1]):
         target = _child(target, name, names[: index + 1])
     return _method(target, names[-1], path)
+
+
+class Resolver:
+    """
+    :func:`resolve` for one provider, remembering the methods it found.
+
+    Calls name the same few methods over and over: a path of one name that
+    resolved to a method is answered from this object's own table, as the
+    bound method :func:`resolve` returned, unless the instance's
+    ``__dict__`` now holds that name (then :func:`resolve` refuses it, as
+    always). Only such paths are kept, so the table holds at most one entry
+    per method of the provider's class. Not for providers whose class or
+    ``__dict__`` object is replaced after the first call: their methods are
+    the ones found then.
+    """
+
+    __slots__ = ("_found", "_provider")
+
+    def __init__(self, provider: object) -> None:
+        self._provider = provider
+        self._found: dict[str, tuple[Callable[..., Any], int, dict[str, Any] | None]] = {}
+
+    def __call__(self, path: str) -> tuple[Callable[..., Any], int]:
+        """As ``resolve(provider, path)``; raises :exc:`AccessRefused`."""
+        found = self._found.get(path)
+        if found is not None:
+            func, kind, namespace = found
+            if namespace is None or path not in namespace:
+                return func, kind
+        provider = self._provider
+        func, kind = resolve(provider, path)
+        if (type(provider), path) in _top_methods:  # a method of the provider itself
+            self._found[path] = (func, kind, _instance_dict(provider))
+        return func, kind
 
 
 def check_provider(provider: object) -> None:

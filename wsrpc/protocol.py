@@ -142,6 +142,13 @@ class RpcProtocol:
         # MsgpackCodec's lean path for calls and returns (see receive_lean);
         # other codecs, subclasses included, go through message objects.
         self._lean = codec if type(codec) is MsgpackCodec else None
+        # The same once the connection is open, None before: the hot paths
+        # test this one attribute instead of the phase and the codec.
+        self._open_lean: MsgpackCodec | None = None
+
+    def _open(self) -> None:
+        self.phase = Phase.OPEN
+        self._open_lean = self._lean
 
     # -- handshake -----------------------------------------------------------
 
@@ -164,7 +171,7 @@ class RpcProtocol:
     def send_accept(self) -> bytes | str:
         """Server: the frame that accepts the client; the connection is then open."""
         self._expect(Side.SERVER, Phase.HANDSHAKE)
-        self.phase = Phase.OPEN
+        self._open()
         return self.codec.encode(Accept(self.max_calls, self.max_size, self.streams))
 
     def receive_accept(self, frame: bytes | str) -> Accept:
@@ -176,7 +183,7 @@ class RpcProtocol:
         self.peer_max_calls = message.max_calls
         self.peer_max_size = message.max_size
         self.peer_streams = message.streams
-        self.phase = Phase.OPEN
+        self._open()
         return message
 
     def _expect(self, side: Side, phase: Phase) -> None:
@@ -202,15 +209,15 @@ class RpcProtocol:
             StateError: the handshake has not completed (a misuse), or
                 ``credit`` is given and the peer takes no streams.
         """
-        if self.phase is not Phase.OPEN:
-            raise StateError("send_call() before the handshake completed")
-        if credit is not None and not self.peer_streams:
-            raise StateError(self.no_streams_reason(path))
         uid = self._next_uid
-        lean = self._lean
+        lean = self._open_lean
         if lean is not None and credit is None:
             frame: bytes | str = lean.encode_call(uid, path, args, kwargs, parent)
         else:
+            if self.phase is not Phase.OPEN:
+                raise StateError("send_call() before the handshake completed")
+            if credit is not None and not self.peer_streams:
+                raise StateError(self.no_streams_reason(path))
             frame = self.codec.encode(Call(uid, path, list(args), kwargs, parent, credit))
         limit = self.peer_max_size
         if limit is not None and len(frame) > limit:
@@ -421,10 +428,10 @@ class RpcProtocol:
         as :meth:`receive`, without building a message object for the two
         messages of nearly every call.
         """
-        if self.phase is not Phase.OPEN:
-            raise StateError("receive() before the handshake completed")
-        lean = self._lean
+        lean = self._open_lean
         if lean is None:
+            if self.phase is not Phase.OPEN:
+                raise StateError("receive() before the handshake completed")
             return self._received(self.codec.decode(frame))
         message = lean.decode_lean(frame)
         if type(message) is not list:
@@ -432,17 +439,18 @@ class RpcProtocol:
             return self._received(message)
         uid = message[1]
         if message[0] == RETURN_KIND:
-            outgoing = self.outgoing
-            if uid in outgoing:
-                outgoing.discard(uid)
-                if self.credit:
-                    self.credit.pop(uid, None)
-                return message
-            return None
+            try:
+                self.outgoing.remove(uid)
+            except KeyError:
+                return None  # a reply to a call we gave up on
+            if self.credit:
+                self.credit.pop(uid, None)
+            return message
         # CALL_KIND
-        if uid in self.incoming:
+        incoming = self.incoming
+        if uid in incoming:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"call id {uid} reused while running")
-        self.incoming.add(uid)
+        incoming.add(uid)
         return message
 
     def _received(

@@ -341,9 +341,11 @@ async def many_clients(p: Params, connect: Connect) -> dict[str, Any]:
             done += 1
         return done
 
+    cpu = time.process_time()
     start = time.perf_counter()
     counts = await asyncio.gather(*(worker(c) for c in clients))
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     idle = sum(1 for c in counts if c == 0)
     sync("active")
     return {
@@ -352,6 +354,7 @@ async def many_clients(p: Params, connect: Connect) -> dict[str, Any]:
         "connections": len(clients),
         "connect_s": connect_s,
         "idle_connections": idle,
+        "client_cpu_s": cpu,
     }
 
 

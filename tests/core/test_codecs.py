@@ -7,13 +7,14 @@ refusals.
 from __future__ import annotations
 
 import datetime
+import tracemalloc
 from dataclasses import astuple
 from typing import Any
 
 import msgpack
 import pytest
 
-from wsrpc import CloseCode, EncodeError, MsgpackCodec
+from wsrpc import CloseCode, EncodeError, MsgpackCodec, codecs
 from wsrpc._msgpack_scan import Refused, check_declared
 from wsrpc.codecs import PROTOCOL_VERSION
 from wsrpc.exceptions import ProtocolError
@@ -662,6 +663,41 @@ def test_invalid_utf8_is_left_to_the_decoder() -> None:
     frame = wide(b"\xa2\xff\xfe")
     check_declared(frame)  # well formed: the walk does not decode strings
     assert refusal(frame).code == CloseCode.INVALID_PAYLOAD
+
+
+def test_short_frames_are_decoded_without_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 42 nested array16 headers, each declaring 128 elements, in 128 bytes:
+    # the worst a frame that short can do without the walk (see
+    # _UNWALKED_SIZE). The decoder refuses it, having allocated some 45 KB.
+    walked: list[bytes] = []
+    monkeypatch.setattr(codecs, "check_declared", walked.append)
+    frame = b"\xdc\x00\x80" * 42 + b"\xc0\xc0"
+    assert len(frame) == codecs._UNWALKED_SIZE
+    tracemalloc.start()
+    try:
+        assert refusal(frame).code == CloseCode.INVALID_PAYLOAD
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert walked == []
+    assert peak < 64 * 1024
+    # One byte longer, the frame is walked first.
+    assert refusal(frame + b"\xc0").code == CloseCode.INVALID_PAYLOAD
+    assert walked == [frame + b"\xc0"]
+
+
+def test_short_frames_are_walked_when_containers_may_be_longer_than_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With max_container_len over 128, msgpack would take a short frame's
+    # declared lengths up to it, not up to the frame's length.
+    walked: list[bytes] = []
+    monkeypatch.setattr(codecs, "check_declared", walked.append)
+    frame = b"\x94\x02\x01\xa1f" + b"\xdc\x03\xe8" * 30
+    refusal(frame, MsgpackCodec(max_container_len=1000))
+    assert walked == [frame]
+    refusal(frame, MsgpackCodec(max_container_len=100))
+    assert walked == [frame]  # at most 100 elements each: not walked
 
 
 # -- the lean path: calls and returns without message objects --------------------

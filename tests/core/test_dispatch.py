@@ -26,6 +26,7 @@ from wsrpc.dispatch import (
     PLAIN,
     STREAM,
     AccessRefused,
+    Resolver,
     check_provider,
     resolve,
 )
@@ -469,6 +470,54 @@ def test_later_instance_data_still_refused() -> None:
     provider.__dict__["method"] = lambda: "injected"
     with pytest.raises(AccessRefused):
         resolve(provider, "method")
+
+
+# -- Resolver: resolve() for one provider, with its methods remembered ----------
+
+
+def test_resolver_finds_what_resolve_finds_and_keeps_the_bound_method() -> None:
+    provider = Provider()
+    found = Resolver(provider)
+    func, kind = found("method")
+    assert (func(), kind) == ("method", PLAIN)
+    # The same bound method again: answered from the resolver's table
+    # (resolve() binds a new one each time).
+    assert found("method")[0] is func
+    assert resolve(provider, "method")[0] is not func
+    assert found("amethod")[1] == ASYNC
+    assert found("klass")[0]() == resolve(provider, "klass")[0]()
+
+
+def test_resolver_refuses_what_resolve_refuses() -> None:
+    found = Resolver(Provider())
+    for path in ("shadowed", "os.system", "_private", "lam", "nope", "data"):
+        with pytest.raises(AccessRefused):
+            found(path)
+
+
+def test_resolver_refuses_instance_data_set_after_the_method_was_found() -> None:
+    provider = Provider()
+    found = Resolver(provider)
+    assert found("method")[0]() == "method"
+    provider.__dict__["method"] = lambda: "injected"
+    with pytest.raises(AccessRefused):
+        found("method")
+    del provider.__dict__["method"]
+    assert found("method")[0]() == "method"
+
+
+def test_resolver_resolves_nested_paths_every_time() -> None:
+    provider = Provider()
+    found = Resolver(provider)
+    assert run(found("nested.amethod")[0]()) == "nested.amethod"
+    provider.nested = None  # type: ignore[assignment]
+    with pytest.raises(AccessRefused):
+        found("nested.amethod")
+
+
+def test_resolver_without_a_provider_refuses_everything() -> None:
+    with pytest.raises(AccessRefused):
+        Resolver(None)("method")
 
 
 # -- dict and list providers ---------------------------------------------------
