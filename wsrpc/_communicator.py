@@ -608,7 +608,7 @@ class Communicator:
 
     # -- incoming messages ---------------------------------------------------
 
-    def _on_message(self, data: bytes | str) -> None:
+    def _on_message(self, data: bytes | str | memoryview) -> None:
         """Handle one message (called by the channel, in the transport's callback)."""
         if self.closed is not None:
             return  # nobody can answer it any more
@@ -681,7 +681,7 @@ class Communicator:
             self._on_cancel(message.uid)
 
     def _receive_timed(
-        self, data: bytes | str
+        self, data: bytes | str | memoryview
     ) -> list[Any] | Call | Return | Error | Cancel | Item | Items | Credit | None:
         """``receive_lean(data)``, its time charged to the decoding budget."""
         started = time.perf_counter()

@@ -77,7 +77,7 @@ class Refused(ValueError):
     """The frame declares more than it holds, or nests too deep."""
 
 
-def check_declared(frame: bytes) -> None:
+def check_declared(frame: bytes | memoryview) -> None:
     """
     Raise :exc:`Refused` when ``frame``'s containers declare more elements in
     total than it has bytes, or nest deeper than :data:`MAX_DEPTH`, or when

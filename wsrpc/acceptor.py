@@ -453,10 +453,11 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._closed_hooks.append(hook)
         return hook
 
-    def _on_handshake_message(self, data: bytes | str) -> None:
+    def _on_handshake_message(self, data: bytes | str | memoryview) -> None:
         if not self._header_arrived:
             self._header_arrived = True
-            self._header_frame = data
+            # Kept until decoded: a view is only valid during this call.
+            self._header_frame = bytes(data) if type(data) is memoryview else data
             on_header, self._on_header = self._on_header, None
             if on_header is not None:
                 on_header()  # no longer counts against max_pending_headers

@@ -326,7 +326,17 @@ class MsgpackCodec:
             return self._pack([_CALL, uid, path, args, kwargs])
         if parent is not None:
             return self._pack([_CALL, uid, path, args, None, parent], args)
-        return self._pack([_CALL, uid, path, args], args)
+        # Most calls: _pack(obj, args) inline.
+        try:
+            frame = self._packer.pack([_CALL, uid, path, args])
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise _unencodable(exc) from exc
+        for item in args:
+            if type(item) not in _SCALARS:
+                check_packed(frame)
+                break
+        return frame
 
     def encode_return(self, uid: int, value: Any) -> bytes:
         """The frame of ``Return(uid, value)``; raises :exc:`EncodeError`."""
@@ -351,7 +361,7 @@ class MsgpackCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             # A failed pack may leave partial output in the packer's buffer.
             self._packer.reset()
-            raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
+            raise _unencodable(exc) from exc
         kind = type(flat)
         if kind in _SCALARS:
             return frame
@@ -375,7 +385,7 @@ class MsgpackCodec:
             packed = self._packer.pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
-            raise EncodeError(f"cannot encode with msgpack: {exc}") from exc
+            raise _unencodable(exc) from exc
         if type(value) in _SCALARS:
             return packed  # holds no map, no ext, no nesting
         # As in encode(), at the depth the value has in an ITEMS frame
@@ -410,7 +420,7 @@ class MsgpackCodec:
             message[5] if size == 6 else None,
         )
 
-    def decode_lean(self, frame: bytes | str) -> list[Any] | Message:
+    def decode_lean(self, frame: bytes | str | memoryview) -> list[Any] | Message:
         """
         :meth:`decode`, but a CALL that is not a stream and a RETURN come back
         as their msgpack arrays, checked as :meth:`decode` checks them:
@@ -535,7 +545,9 @@ def check_packed(frame: bytes) -> None:
             ) from exc
 
 
-def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAINERS) -> Any:
+def unpack(
+    frame: bytes | memoryview, limit: int | None = None, most: int | None = MAX_CONTAINERS
+) -> Any:
     """
     Decode one msgpack value from untrusted ``frame``, strictly.
 
@@ -595,11 +607,15 @@ def unpack(frame: bytes, limit: int | None = None, most: int | None = MAX_CONTAI
     return obj
 
 
+def _unencodable(exc: Exception) -> EncodeError:
+    return EncodeError(f"cannot encode with msgpack: {exc}")
+
+
 def _undecodable(exc: Exception) -> ProtocolError:
     return ProtocolError(CloseCode.INVALID_PAYLOAD, f"undecodable msgpack ({type(exc).__name__})")
 
 
-def _unpack_counted(frame: bytes, limit: int | None, most: int) -> Any:
+def _unpack_counted(frame: bytes | memoryview, limit: int | None, most: int) -> Any:
     """Decode ``frame``, refusing it (1009) at its container number ``most + 1``."""
     left = most
 

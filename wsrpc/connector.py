@@ -397,7 +397,9 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         verdict: asyncio.Future[bytes | str | None] = asyncio.get_running_loop().create_future()
         early: list[bytes | str] = []  # the server may call us right after accepting
 
-        def on_message(data: bytes | str) -> None:
+        def on_message(data: bytes | str | memoryview) -> None:
+            if type(data) is memoryview:
+                data = bytes(data)  # kept: a view is only valid during this call
             if verdict.done():
                 early.append(data)
             else:

@@ -417,7 +417,7 @@ class RpcProtocol:
         return self._received(self.codec.decode(frame))
 
     def receive_lean(
-        self, frame: bytes | str
+        self, frame: bytes | str | memoryview
     ) -> list[Any] | Call | Return | Error | Cancel | Item | Items | Credit | None:
         """
         :meth:`receive`, but with the codec's lean path when it has one
@@ -432,6 +432,8 @@ class RpcProtocol:
         if lean is None:
             if self.phase is not Phase.OPEN:
                 raise StateError("receive() before the handshake completed")
+            if type(frame) is memoryview:
+                frame = bytes(frame)  # other codecs take bytes
             return self._received(self.codec.decode(frame))
         message = lean.decode_lean(frame)
         if type(message) is not list:

@@ -587,3 +587,44 @@ async def test_reads_are_small_enough_to_stay_off_mmap() -> None:
         payload = bytes(range(256)) * 2048  # 512 KiB
         assert await calc.echo(payload) == payload
         await connector.close()
+
+
+# -- large messages: the fast transport hands them over without a copy ----------------
+
+
+SIZES_AROUND_THE_VIEW = [16 * 1024 - 64, 16 * 1024 + 64, 200_000, 1 << 20]
+"""Values on either side of 16 KiB, where picows' channel passes a view (see
+wsrpc/_transports/picows.py, _VIEW_ABOVE), and a large one."""
+
+
+async def test_large_values_both_ways_and_a_large_header() -> None:
+    header = "h" * 100_000
+    early = b"e" * 100_000
+    seen: list[Any] = []
+    handled = asyncio.Event()
+
+    async def handler(acceptor: AnyAcceptor) -> None:
+        seen.append(acceptor.header)
+        await acceptor.accept(Calculator())
+        # Sent right behind the verdict: the client holds it until it is open.
+        seen.append(await acceptor.get_driver().echo(early))
+        handled.set()
+
+    recorder = Calculator()
+    async with running_server(handler, max_message_size=4 << 20) as server:
+        connector = wsrpc.WebSocketConnector[str, Calculator, CalculatorRemote](
+            header, recorder, max_message_size=4 << 20
+        )
+        await connector.connect(url_of(server), timeout=5 * UNIT)
+        try:
+            calc = connector.get_driver()
+            for size in SIZES_AROUND_THE_VIEW:
+                value = bytes(range(256)) * (size // 256) + b"!" * (size % 256)
+                assert await calc.echo(value) == value
+                assert await calc.echo([value, {"k": value}]) == [value, {"k": value}]
+                assert await calc.big(size) == b"x" * size
+            async with asyncio.timeout(5 * UNIT):
+                await handled.wait()
+        finally:
+            await connector.close()
+    assert seen == [header, early]

@@ -106,7 +106,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 async def test_messages_are_delivered_and_pausing_stops_pulling() -> None:
-    got: list[bytes | str] = []
+    got: list[bytes | str | memoryview] = []
     lost = asyncio.Event()
     async with channel_of() as (channel, fake):
         await fake.incoming.put({"type": "websocket.receive", "bytes": b"held"})

@@ -83,7 +83,7 @@ picows'): only the end of the stream does.
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
 _TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
 
-MessageCallback = Callable[[bytes | str], None]
+MessageCallback = Callable[[bytes | str | memoryview], None]
 CloseFrameCallback = Callable[[int, str], None]
 LostCallback = Callable[[], None]
 
@@ -146,7 +146,10 @@ class Channel(abc.ABC):
 
         ``on_message(data)`` receives every complete data message, in order:
         fragments are joined, text messages are decoded (``str``), binary
-        ones are ``bytes``. Messages that arrived before the first
+        ones are ``bytes``, or a ``memoryview`` of the transport's read
+        buffer, valid only until ``on_message`` returns (copy it to keep
+        it): a transport may hand large messages over without copying them
+        first, as wsrpc's decoder copies out what it keeps. Messages that arrived before the first
         ``start()`` were held and are delivered by it, synchronously, before
         it returns. ``on_close_frame(code, reason)`` runs when the peer
         starts the closing handshake (not when it answers ours).

@@ -113,6 +113,11 @@ _NO_STATUS = 1005  # a close frame without a code: received only, never on the w
 # smallest (2 KiB) saves some 14 KiB per connection, idle ones included, for
 # no measurable cost in the benchmarks' throughput.
 _READ_BUFFER_SIZE = 2048
+# Binary messages over this many bytes are handed over as a memoryview of
+# picows' buffer (see on_ws_frame), smaller ones as bytes: copying a few
+# kilobytes costs less than the view object, and bytes are what the
+# decoder's quickest path takes.
+_VIEW_ABOVE = 16 * 1024
 
 _logger = logging.getLogger("wsrpc")
 
@@ -261,8 +266,14 @@ class PicowsChannel(CallbackChannel, WSListener):
                 # Nearly every wsrpc message: one whole binary frame, within
                 # max_frame_size (picows' bound, which is max_message_size),
                 # while nothing is held. Nothing to assemble or to decode (the
-                # assembler would return it as it is): straight to wsrpc.
-                on_message(frame.get_payload_as_bytes())
+                # assembler would return it as it is): straight to wsrpc. A
+                # large one goes as a view of picows' buffer (see start()):
+                # copying it to bytes first cost a second copy of every
+                # large message, as long as the one decoding makes.
+                if frame.payload_size > _VIEW_ABOVE:
+                    on_message(frame.get_payload_as_memoryview())
+                else:
+                    on_message(frame.get_payload_as_bytes())
                 return
         if msg_type is _CLOSE:
             self._close_frame(frame)
