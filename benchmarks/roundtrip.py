@@ -24,7 +24,8 @@ Modes:
   deterministic: the figure to decide with on a shared machine.
 
 Scenarios: ``sequential`` (one call at a time), ``pipelined`` (``--inflight``
-workers), ``callbacks`` (the server calls the client's ``add``), ``payload``
+workers), ``many_clients`` (``--conns`` connections, one call at a time on
+each), ``callbacks`` (the server calls the client's ``add``), ``payload``
 (echo of ``--payload-size`` bytes).
 
 Examples::

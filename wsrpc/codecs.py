@@ -232,12 +232,13 @@ class MsgpackCodec:
         self._max_containers = max_containers
         # decode_lean() decodes frames up to this size inline, without
         # unpack()'s branches: they hold fewer bytes, so fewer containers,
-        # than the budget, and are decoded with the collector on. -1 (msgpack's
-        # "as many as the frame has bytes") when max_container_len is None.
+        # than the budget, and are decoded with the collector on.
         self._inline_size = min(_NO_GC_ABOVE, max_containers or _NO_GC_ABOVE)
         self._unwalked = min(_UNWALKED_SIZE, self._inline_size)
         if max_container_len is not None and max_container_len > _UNWALKED_SIZE:
             self._unwalked = 0  # containers may then declare more than the frame's length
+        # msgpack's max_array_len and max_map_len: -1 is its default, as many
+        # elements as the frame has bytes.
         self._len_limit = -1 if max_container_len is None else max_container_len
         # One reusable packer: about twice as fast as packb(). It starts
         # small (the default buffer is 256 KiB) and grows with the largest
