@@ -15,6 +15,10 @@ Modes:
 * ``cprofile``: N calls under :mod:`cProfile`, the top functions by own
   time (``--top``), client and server side together (their functions are
   told apart by name: ``_call``/``_on_message`` vs ``_on_call``...);
+* ``opcodes``: N calls with :func:`sys.settrace` counting the bytecodes
+  each Python function runs (opcode events), per call, by function: where
+  the interpreter's work goes, exactly, without the profiler's skew
+  towards functions called often;
 * ``callgrind``: the process runs twice under ``valgrind --tool=callgrind``,
   with N and 2N measured calls after the same warm-up; the difference of
   the instruction counts divided by N is the instructions per round trip,
@@ -52,8 +56,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -143,10 +149,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         args.clients += [await module.connect(_params(port, args)) for _ in range(args.conns - 1)]
     await _calls(client, args, args.warmup)
     profiler = cProfile.Profile() if args.mode == "cprofile" else None
+    opcodes: Counter[str] = Counter()
     cpu, start = time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.enable()
+    if args.mode == "opcodes":
+        sys.settrace(_opcode_counter(opcodes))
     await _calls(client, args, args.calls)
+    sys.settrace(None)
     if profiler is not None:
         profiler.disable()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -155,12 +165,35 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "us_per_call": elapsed / args.calls * 1e6,
         "cpu_us_per_call": cpu / args.calls * 1e6,
     }
+    if opcodes:
+        lines = [f"{sum(opcodes.values()) / args.calls:10.1f}  all"]
+        for name, count in opcodes.most_common(args.top):
+            lines.append(f"{count / args.calls:10.1f}  {name}")
+        result["profile"] = "opcodes per call, by function:\n" + "\n".join(lines)
     if profiler is not None:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats(args.sort).print_stats(args.top)
         result["profile"] = _trim(out.getvalue())
     return result
+
+
+def _opcode_counter(counts: Counter[str]) -> Callable[[FrameType, str, Any], Any]:
+    """A :func:`sys.settrace` function adding each frame's opcodes to ``counts``."""
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        key = f"{Path(code.co_filename).name}:{code.co_name}"
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[key] += 1
+            return local
+
+        return local
+
+    return trace
 
 
 def _trim(text: str) -> str:
@@ -288,7 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--system", choices=SYSTEMS, default="wsrpc-fast")
     parser.add_argument("--scenario", choices=SCENARIOS, default="sequential")
-    parser.add_argument("--mode", choices=("time", "cprofile", "callgrind"), default="time")
+    parser.add_argument(
+        "--mode", choices=("time", "cprofile", "opcodes", "callgrind"), default="time"
+    )
     parser.add_argument("--calls", type=int, default=None, help="measured round trips")
     parser.add_argument("--warmup", type=int, default=500, help="round trips before measuring")
     parser.add_argument("--inflight", type=int, default=100, help="pipelined: workers")
@@ -303,7 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.uvloop is None:
         args.uvloop = SYSTEMS[args.system][2]
     if args.calls is None:
-        args.calls = {"callgrind": 2000, "cprofile": 20_000, "time": 20_000}[args.mode]
+        args.calls = {"callgrind": 2000, "cprofile": 20_000, "opcodes": 2000, "time": 20_000}[
+            args.mode
+        ]
         if args.scenario == "payload":
             args.calls //= 20
     return args
