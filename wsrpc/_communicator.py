@@ -466,6 +466,7 @@ class Communicator:
             channel = self._channel
             try:
                 channel.send(frame)
+                del frame  # not held while the answer is awaited
                 if channel.writing_paused:
                     await channel.drain()
                 # The answer (or the close) takes the future out of _pending:
