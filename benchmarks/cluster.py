@@ -231,6 +231,16 @@ async def measure(
     repeat = repeat or (1 if smoke else 5)
     results = {} if results is None else results
     started = time.monotonic()
+
+    async def broadcasts(node: Node, group: str, size: int, where: str) -> None:
+        """Time ``repeat`` broadcasts to ``group`` from ``node``, after one to warm up."""
+        await node.ask("broadcast", group, 1)
+        times, counts, errors = await node.ask("broadcast", group, repeat)
+        results[f"broadcast {size} {where}"] = broadcast_figures(
+            times, counts, errors, size // 3 * 3
+        )
+        log(f"broadcasts {where} done ({time.monotonic() - started:.1f} s)")
+
     nodes = [Node(redis_url) for _ in range(3)]
     try:
         a, b, _ = nodes
@@ -255,12 +265,7 @@ async def measure(
                 opened, _ = await connect(node.port, size // 3, group)
                 every += opened
             log(f"{size} members connected to 3 nodes ({time.monotonic() - started:.1f} s)")
-            await a.ask("broadcast", group, 1)  # warm up
-            times, counts, errors = await a.ask("broadcast", group, repeat)
-            results[f"broadcast {size} over 3 nodes"] = broadcast_figures(
-                times, counts, errors, size // 3 * 3
-            )
-            log(f"broadcasts over 3 nodes done ({time.monotonic() - started:.1f} s)")
+            await broadcasts(a, group, size, "over 3 nodes")
             if size != sizes[-1]:
                 await asyncio.gather(*(c.close() for c in every))
     finally:
@@ -274,12 +279,7 @@ async def measure(
             group = f"room{size}"
             opened, _ = await connect(single.port, size // 3 * 3, group)
             log(f"{size} members connected to 1 process ({time.monotonic() - started:.1f} s)")
-            await single.ask("broadcast", group, 1)
-            times, counts, errors = await single.ask("broadcast", group, repeat)
-            results[f"broadcast {size} in one process"] = broadcast_figures(
-                times, counts, errors, size // 3 * 3
-            )
-            log(f"broadcasts in one process done ({time.monotonic() - started:.1f} s)")
+            await broadcasts(single, group, size, "in one process")
             if size != sizes[-1]:
                 await asyncio.gather(*(c.close() for c in opened))
     finally:

@@ -406,7 +406,7 @@ class Communicator:
             self._send_quietly(cancel)
 
     def _on_items(self, uid: int, values: list[Any], size: int) -> None:
-        """Items of our stream ``uid`` arrived in one ITEMS of ``size`` bytes: one wake-up."""
+        """Items of our stream ``uid`` arrived in one frame (ITEM or ITEMS) of ``size`` bytes."""
         inbox = self._inboxes.get(uid)
         if inbox is not None:
             count = len(values)
@@ -657,20 +657,7 @@ class Communicator:
                 self._end_inbox(message.uid, error)
         elif kind is Item:
             assert isinstance(message, Item)
-            inbox = self._inboxes.get(message.uid)
-            if inbox is not None:
-                size = len(data)
-                inbox.items.append(message.value)
-                inbox.sizes.append(size)
-                inbox.received += 1
-                inbox.received_bytes += size
-                self._stream_bytes += size
-                if self._stream_bytes > STREAM_BUFFER_BYTES and not self._streams_full:
-                    self._streams_full = True
-                    self._update_reading()
-                waiter = inbox.waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+            self._on_items(message.uid, [message.value], len(data))
         elif kind is Items:
             assert isinstance(message, Items)
             self._on_items(message.uid, message.values, len(data))
@@ -1019,6 +1006,15 @@ class Communicator:
         size = 0  # their bytes
         since = 0.0  # when its first item was made
         sent = False  # a frame went out since the write buffer was last checked
+
+        def flush() -> None:
+            """Send the batch (once per frame, not per item)."""
+            nonlocal batch, size, sent
+            channel.send(protocol.send_items(uid, batch))
+            batch = []
+            size = 0
+            sent = True
+
         generator: AsyncGenerator[Any, None] | None = None
         value: Any = None
         failed = False
@@ -1030,10 +1026,7 @@ class Communicator:
                 while True:
                     if producer.credit <= 0:
                         if batch:
-                            channel.send(protocol.send_items(uid, batch))
-                            batch = []
-                            size = 0
-                            sent = True
+                            flush()
                         # Out of credit: the generator stays paused at its yield.
                         while producer.credit <= 0:
                             waiter = producer.waiter = self._loop.create_future()
@@ -1061,13 +1054,10 @@ class Communicator:
                     else:
                         if batch:  # the generator waits: what it made goes out first
                             try:
-                                channel.send(protocol.send_items(uid, batch))
+                                flush()
                             except ChannelClosed:
                                 _cancel_step(step)  # so that aclose() below can run
                                 raise
-                            batch = []
-                            size = 0
-                            sent = True
                         item = await _Resumed(step, yielded)
                     producer.credit -= 1
                     if batching:
@@ -1075,10 +1065,7 @@ class Communicator:
                         length = len(packed)
                         if size + length > limit:
                             if batch:
-                                channel.send(protocol.send_items(uid, batch))
-                                batch = []
-                                size = 0
-                                sent = True
+                                flush()
                             if largest is not None and length > largest:
                                 raise protocol.item_too_large(length)
                         if batch:
@@ -1087,10 +1074,7 @@ class Communicator:
                             if _clock() - since >= _BATCH_DELAY:
                                 # A generator slow without waiting (blocking
                                 # work): its items must not wait for a batch.
-                                channel.send(protocol.send_items(uid, batch))
-                                batch = []
-                                size = 0
-                                sent = True
+                                flush()
                         else:
                             batch.append(packed)
                             size = length

@@ -77,36 +77,11 @@ def resolve(provider: object, path: str) -> tuple[Callable[..., Any], int]:
     Raises:
         AccessRefused: the path breaks a member rule or names no method.
     """
-    cls = type(provider)
-    key = (cls, path)
-    top = _top_methods.get(key)
-    if top is not None:
-        # A method of the provider itself (a path of one name), found before:
-        # only the instance's __dict__ can have changed since.
-        func, binding, kind, has_dict = top
-        if has_dict:
-            namespace = _object_getattribute(provider, "__dict__")
-            if type(namespace) is dict and path in namespace:
-                raise AccessRefused(f"{path!r} is data, not a method")
-        if binding == "self":
-            return MethodType(func, provider), kind
-        if binding == "cls":
-            return MethodType(func, cls), kind
-        return func, kind
     if provider is None:
         raise AccessRefused("this side provides no methods")
     names = _paths.get(path)
     if names is None:
         names = _check_path(path)
-    if len(names) == 1:
-        result = _method(provider, path, path)
-        found = _method_of(cls, path)
-        assert found is not None
-        if len(_top_methods) >= _CACHE_SIZE:
-            _top_methods.clear()
-        has_dict = type(_class_attr(cls, "__dict__")) is GetSetDescriptorType
-        _top_methods[key] = (*found, has_dict)
-        return result
     target = provider
     for index, name in enumerate(names[:-1]):
         target = _child(target, name, names[: index + 1])
@@ -142,7 +117,7 @@ class Resolver:
                 return func, kind
         provider = self._provider
         func, kind = resolve(provider, path)
-        if (type(provider), path) in _top_methods:  # a method of the provider itself
+        if "." not in path:  # a method of the provider itself
             self._found[path] = (func, kind, _instance_dict(provider))
         return func, kind
 
@@ -192,11 +167,6 @@ _CACHE_SIZE = 4096
 _paths: dict[str, list[str]] = {}
 _class_attrs: dict[tuple[type, str], Any] = {}
 _methods: dict[tuple[type, str], tuple[FunctionType, str, int] | None] = {}
-# resolve()'s shortcut for paths of one name that named a method: what
-# _method() found, and whether the class gives its instances a __dict__
-# (the one thing _method() reads that is not the class's own).
-_top_methods: dict[tuple[type, str], tuple[FunctionType, str, int, bool]] = {}
-_object_getattribute = object.__getattribute__
 
 
 def _class_attr(cls: type, name: str) -> Any:

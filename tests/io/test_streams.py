@@ -170,13 +170,20 @@ async def test_items_held_for_the_user_are_bounded_in_bytes(
     async with ticker_client(ticker) as (remote, connector):
         comm = connector._communicator
         assert comm is not None
+        full = asyncio.Event()  # set when the connection stops reading for it
+        update_reading = comm._update_reading
+
+        def watched() -> None:
+            update_reading()
+            if comm._streams_full:
+                full.set()
+
+        monkeypatch.setattr(comm, "_update_reading", watched)
         stream = aiter(remote.grower(600, 200, size))
         for expected in range(600):  # the window grows on these
             assert await anext(stream) == expected
-        deadline = asyncio.get_running_loop().time() + 10 * UNIT
-        while not comm._streams_full:  # the large items arrive; nobody takes them
-            assert asyncio.get_running_loop().time() < deadline, comm._stream_bytes
-            await asyncio.sleep(0.01 * UNIT)  # polling a counter, with a deadline
+        # The large items arrive; nobody takes them.
+        await asyncio.wait_for(full.wait(), 10 * UNIT)
         assert cap < comm._stream_bytes <= cap + 2 * size
         # Nothing was lost: every item comes, in order, once the user reads.
         rest = [item async for item in stream]
