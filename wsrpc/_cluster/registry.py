@@ -265,6 +265,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         "_removed",
         "_requests",
         "_running",
+        "_stopping",
         "_tasks_bg",
         "_token",
         "_written",
@@ -293,6 +294,11 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
         self._written: set[str] = set()  # index keys this node wrote
         self._dirty = False  # the index must be rewritten whole
         self._flush = asyncio.Event()
+        # Set by stop(): the background loops end at their next turn even if
+        # their cancellation is lost (on Python 3.11 a cancel that lands as
+        # the Redis client's own timeout expires comes out as that timeout,
+        # a BackplaneError the loops survive; stop() then waited for ever).
+        self._stopping = False
         self.remote_types: RemoteTypes | None = None
         """Converts broadcasts' calls from the server's ``Remote`` (``validate=True``),
         set by the server: arguments here, the other nodes' results back here."""
@@ -343,6 +349,8 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
 
     async def stop(self) -> None:
         """Leave the application (``server.close()``, after its connections closed)."""
+        self._stopping = True
+        self._flush.set()  # wakes the flusher, should its cancellation be lost
         for task in self._tasks_bg:
             task.cancel()
         running = list(self._running.values())
@@ -410,7 +418,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
 
     async def _flusher(self) -> None:
         """Write membership changes to the index as they come, batched."""
-        while True:
+        while not self._stopping:
             await self._flush.wait()
             self._flush.clear()
             if self._dirty:
@@ -465,7 +473,7 @@ class ClusterRegistry(LocalRegistry["WebSocketAcceptor[Any, Any, Any]"]):
 
     async def _heartbeat(self) -> None:
         refreshed = time.monotonic()
-        while True:
+        while not self._stopping:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             if not self._backplane.is_up:
                 continue
