@@ -72,6 +72,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
+from ._budget import DecodeBudget
 from ._transports.base import Channel, ChannelClosed, CloseFrameCallback, CloseFrames
 from .dispatch import PLAIN, STREAM, AccessRefused, Resolver
 from .exceptions import (
@@ -106,8 +107,6 @@ _serving: contextvars.ContextVar[tuple[Communicator, int] | None] = contextvars.
 """The communicator and the incoming call id the current task is serving."""
 
 
-DECODE_WINDOW = 1.0
-"""Seconds over which the ``decode_budget`` option is counted."""
 _TIMED_ABOVE = 256
 """Messages over this many bytes have their decoding timed; smaller ones cost
 at most tens of microseconds, like the handling of any message."""
@@ -234,7 +233,8 @@ class Communicator:
         self._error_level = call_error_log_level
         self._validate = validate
         self._close_timeout = close_timeout
-        self._decode_budget = decode_budget
+        # Over budget, a connection is not read until the window ends.
+        self._decode_budget = None if decode_budget is None else DecodeBudget(decode_budget)
         self._label = label
         self._on_closed: Callable[[CloseInfo], Awaitable[None]] | None = on_closed
         self._loop = asyncio.get_running_loop()
@@ -258,10 +258,6 @@ class Communicator:
         self._stream_bytes = 0
         self._streams_full = False
         self._draining = False
-        # Decoding time spent in the current window, and when it began; a
-        # connection over its budget is not read until the window ends.
-        self._decode_spent = 0.0
-        self._decode_window = 0.0
         self._decode_throttled = False
         # Answers of async calls take turns here while the write buffer is
         # full (see _answer); made on first use.
@@ -676,25 +672,22 @@ class Communicator:
         try:
             return self._protocol.receive_lean(data)
         finally:
-            self._count_decoding(started)
+            self._count_decoding(started, len(data))
 
-    def _count_decoding(self, started: float) -> None:
-        """Charge the decoding that began at ``started``; stop reading when over budget."""
+    def _count_decoding(self, started: float, size: int) -> None:
+        """Charge the decoding of ``size`` bytes begun at ``started``; over budget, stop reading."""
         if self.closed is not None:
             return  # closing (maybe because of this message): the close must be read
-        now = time.perf_counter()
-        if now - self._decode_window >= DECODE_WINDOW:
-            self._decode_window = started
-            self._decode_spent = 0.0
-        self._decode_spent += now - started
         budget = self._decode_budget
         assert budget is not None  # only timed with a budget
-        if self._decode_spent > budget and not self._decode_throttled:
+        now = time.perf_counter()
+        resume_at = budget.charge(started, now, size)
+        if resume_at is not None and not self._decode_throttled:
             # A peer sending frames that are expensive to decode (valid
             # ones: trees of small arrays): read it again when the window ends.
             self._decode_throttled = True
             self._update_reading()
-            self._loop.call_later(self._decode_window + DECODE_WINDOW - now, self._end_throttle)
+            self._loop.call_later(resume_at - now, self._end_throttle)
 
     def _end_throttle(self) -> None:
         self._decode_throttled = False

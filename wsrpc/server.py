@@ -116,7 +116,8 @@ class WebSocketServer(Generic[HeaderT, ProviderT, RemoteT]):
             memory before anyone is identified. One more is closed with
             1013. Each waits at most ``header_timeout``.
         decode_budget: Seconds a connection may spend decoding its messages
-            (those over 256 bytes) per second (default 0.1: 10 %); a
+            (those over 256 bytes) per second (default 0.1: 10 %), beyond
+            2 ns per byte (what copying a blob costs is never charged); a
             connection over it is not read until that second ends
             (back-pressure: one peer sending frames expensive to decode
             cannot take the event loop from the others). None: no budget.

@@ -29,6 +29,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent.parent / "wsrpc"
 
 CORE = {
+    "wsrpc._budget",
     "wsrpc._cluster.wire",
     "wsrpc._msgpack_scan",
     "wsrpc._options",
