@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, cast
@@ -17,7 +16,6 @@ from websockets.exceptions import ConnectionClosed
 
 import wsrpc
 from wsrpc._transports.websockets import WebsocketsChannel
-from wsrpc.driver import RemoteCall
 
 from ..conftest import UNIT, AnyAcceptor, accept_with, running_server, url_of
 
@@ -631,24 +629,3 @@ async def test_large_values_both_ways_and_a_large_header() -> None:
             await connector.close()
     assert seen == [header, early]
 
-
-async def test_calls_waiting_for_their_answer_do_not_hold_their_frames() -> None:
-    gate = Gate()
-    tag = "t" * 100_000
-    async with connected(Calculator(gate)) as (_, connector):
-        call = connector.get_driver().wait(tag)
-        running = asyncio.ensure_future(call)
-        async with asyncio.timeout(5 * UNIT):
-            await gate.started.wait()
-        # The call's coroutine, suspended until the answer: its encoded
-        # frame is gone. (Kept, 20 calls waiting with 512 KiB arguments held
-        # 10 MiB of frames for nothing.)
-        assert isinstance(call, RemoteCall)
-        coroutine = call.coroutine
-        assert isinstance(coroutine, types.CoroutineType)
-        frame = coroutine.cr_frame
-        assert frame is not None
-        held = [v for v in frame.f_locals.values() if isinstance(v, bytes)]
-        assert held == []
-        gate.release.set()
-        assert await running == tag
