@@ -465,9 +465,9 @@ class Communicator:
                 # purpose: freed before the wait, the heap's top was free
                 # and glibc gave it back to the system, and the next large
                 # call faulted its pages in again (1 MiB echo: 488 page
-                # faults per call on the client instead of 9, 1.3-1.5x the
-                # time; see docs/performance.md). It costs what the call's
-                # arguments, held meanwhile anyway, cost.
+                # faults per call on the client instead of 9; see
+                # docs/performance.md). It costs what the call's arguments,
+                # held meanwhile anyway, cost.
                 channel.send(frame)
                 if channel.writing_paused:
                     await channel.drain()
