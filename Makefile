@@ -69,9 +69,12 @@ IO_TESTS := tests/io
 # child processes or timeouts as much as they compute. --dist loadfile keeps
 # a module's tests in one worker, so its module-scoped fixtures (Redis and
 # its nodes, the browser) start once. `make test WORKERS=0` runs the suite
-# in one process.
+# in one process. A worker that dies ends the run at once, naming the test
+# it was running (--max-worker-restart=0): with --dist loadfile, pytest-xdist
+# 3.8 reruns that test in the replacement worker and can then wait for ever
+# (pytest-dev/pytest-xdist#784, #1371), which a CI run once did here.
 WORKERS ?= auto
-PYTEST := $(BIN)/python -X dev -m pytest -n $(WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -X dev -m pytest -n $(WORKERS) --dist loadfile --max-worker-restart=0
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
