@@ -671,19 +671,28 @@ def test_worker_threads_of_the_connectors_loop_may_use_it(server: ServerThread) 
 def test_an_interrupted_call_is_cancelled_on_the_server(server: ServerThread) -> None:
     main = threading.main_thread()
     assert threading.current_thread() is main
-    with connect(server) as connector:
+    # Python's own handler, whatever this process inherited: a command run
+    # in the background by a non-interactive shell (as a CI job may be)
+    # starts with SIGINT ignored, and Python leaves it so. The interrupt
+    # below then never arrived, the call waited until pytest's timeout
+    # ended the worker, and xdist waited for ever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with connect(server) as connector:
 
-        def interrupt(_: int) -> None:
-            if server.gate.all_started.wait(5 * UNIT):
-                assert main.ident is not None
-                signal.pthread_kill(main.ident, signal.SIGINT)
+            def interrupt(_: int) -> None:
+                if server.gate.all_started.wait(5 * UNIT):
+                    assert main.ident is not None
+                    signal.pthread_kill(main.ident, signal.SIGINT)
 
-        helper = start_threads(1, interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            connector.get_driver().wait("interrupted")
-        join_all(helper)
-        assert server.gate.all_cancelled.wait(5 * UNIT)
-        assert connector.get_driver().add(1, 2) == 3
+            helper = start_threads(1, interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                connector.get_driver().wait("interrupted")
+            join_all(helper)
+            assert server.gate.all_cancelled.wait(5 * UNIT)
+            assert connector.get_driver().add(1, 2) == 3
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_driver_fetched_before_connect_works_once_connected(server: ServerThread) -> None:
