@@ -81,6 +81,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER)
 	$(BIN)/ruff check wsrpc tests examples
+	$(BIN)/ruff format --check wsrpc tests examples
 	$(BIN)/mypy
 	$(PYTEST)
 	WSRPC_TEST_TRANSPORT=picows $(PYTEST) $(IO_TESTS)

@@ -96,34 +96,28 @@ def _params(port: int, args: argparse.Namespace) -> Params:
     )
 
 
-async def _calls(client: AsyncClient, args: argparse.Namespace, count: int) -> None:
-    """``count`` round trips of the scenario."""
+async def _calls(clients: list[AsyncClient], args: argparse.Namespace, count: int) -> None:
+    """``count`` round trips of the scenario: on every client for many_clients, else the first."""
+    client = clients[0]
     if args.scenario == "sequential":
         add = client.add
         for i in range(count):
             if await add(i, 1) != i + 1:
                 raise AssertionError("wrong sum")
-    elif args.scenario == "pipelined":
+    elif args.scenario in ("pipelined", "many_clients"):
+        # Workers calling one at a time until ``count`` calls are made:
+        # ``--inflight`` of them on one connection, or one per connection.
         left = count
 
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await client.add(left, 1)
-
-        await asyncio.gather(*(worker() for _ in range(args.inflight)))
-    elif args.scenario == "many_clients":
-        left = count
-
-        async def one_client(other: AsyncClient) -> None:
+        async def worker(other: AsyncClient) -> None:
             nonlocal left
             add = other.add
             while left > 0:
                 left -= 1
                 await add(left, 1)
 
-        await asyncio.gather(*(one_client(c) for c in args.clients))
+        workers = clients if args.scenario == "many_clients" else [client] * args.inflight
+        await asyncio.gather(*(worker(c) for c in workers))
     elif args.scenario == "callbacks":
         result = await client.run_callbacks(count, 1e9)
         if result["calls"] != count:
@@ -143,11 +137,10 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         setattr(module, "TRANSPORT", transport)  # noqa: B010 (a module attribute, known at run time)
     p = _params(0, args)
     port = await module.serve(p)
-    client = await module.connect(_params(port, args))
-    args.clients = [client]
+    clients = [await module.connect(_params(port, args))]
     if args.scenario == "many_clients":
-        args.clients += [await module.connect(_params(port, args)) for _ in range(args.conns - 1)]
-    await _calls(client, args, args.warmup)
+        clients += [await module.connect(_params(port, args)) for _ in range(args.conns - 1)]
+    await _calls(clients, args, args.warmup)
     profiler = cProfile.Profile() if args.mode == "cprofile" else None
     opcodes: Counter[str] = Counter()
     cpu, start = time.process_time(), time.perf_counter()
@@ -155,7 +148,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         profiler.enable()
     if args.mode == "opcodes":
         sys.settrace(_opcode_counter(opcodes))
-    await _calls(client, args, args.calls)
+    await _calls(clients, args, args.calls)
     sys.settrace(None)
     if profiler is not None:
         profiler.disable()

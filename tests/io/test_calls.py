@@ -628,4 +628,3 @@ async def test_large_values_both_ways_and_a_large_header() -> None:
         finally:
             await connector.close()
     assert seen == [header, early]
-

@@ -149,9 +149,9 @@ class Channel(abc.ABC):
         ones are ``bytes``, or a ``memoryview`` of the transport's read
         buffer, valid only until ``on_message`` returns (copy it to keep
         it): a transport may hand large messages over without copying them
-        first, as wsrpc's decoder copies out what it keeps. Messages that arrived before the first
-        ``start()`` were held and are delivered by it, synchronously, before
-        it returns. ``on_close_frame(code, reason)`` runs when the peer
+        first, as wsrpc's decoder copies out what it keeps. Messages that
+        arrived before the first ``start()`` were held and are delivered by
+        it, synchronously, before it returns. ``on_close_frame(code, reason)`` runs when the peer
         starts the closing handshake (not when it answers ours).
         ``on_lost()`` runs once, after the last message, when the connection
         is gone (closed cleanly, dropped or aborted); if it is already gone,
