@@ -79,9 +79,7 @@ PYTEST := $(BIN)/python -X dev -m pytest -n $(WORKERS) --dist loadfile --max-wor
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER)
-	$(BIN)/ruff check wsrpc tests examples
-	$(BIN)/ruff format --check wsrpc tests examples
+test: $(STAMP) $(NODE_DEPS) $(CHROMIUM) $(BROWSER_BUNDLE) $(REDIS_SERVER) lint
 	$(BIN)/mypy
 	$(PYTEST)
 	WSRPC_TEST_TRANSPORT=picows $(PYTEST) $(IO_TESTS)
