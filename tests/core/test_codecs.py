@@ -7,6 +7,7 @@ refusals.
 from __future__ import annotations
 
 import datetime
+import sys
 import tracemalloc
 from dataclasses import astuple
 from typing import Any
@@ -69,6 +70,31 @@ def test_codec_attributes() -> None:
 def test_max_container_len_must_be_positive(bad: int) -> None:
     with pytest.raises(ValueError):
         MsgpackCodec(max_container_len=bad)
+
+
+def packer_of(codec: MsgpackCodec) -> object:
+    """The object whose method packs the codec's messages of scalars."""
+    return getattr(codec._pack_flat, "__self__", None)
+
+
+def test_msgspec_packs_scalar_messages_when_installed() -> None:
+    # The fast extra (and the test environment) has msgspec: by default it
+    # packs what holds scalars only; use_msgspec=False keeps msgpack's packer.
+    # test_fuzz checks that both write the same bytes.
+    assert type(packer_of(MsgpackCodec())).__name__ == "Encoder"
+    assert type(packer_of(MsgpackCodec(use_msgspec=True))).__name__ == "Encoder"
+    assert type(packer_of(MsgpackCodec(use_msgspec=False))) is msgpack.Packer
+
+
+def test_msgspec_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As without the extra: the import fails.
+    monkeypatch.setitem(sys.modules, "msgspec", None)
+    monkeypatch.setitem(sys.modules, "msgspec.msgpack", None)
+    codec = MsgpackCodec()
+    assert type(packer_of(codec)) is msgpack.Packer
+    assert codec.decode(codec.encode_call(1, "add", (1, 2), None, None)) == Call(1, "add", [1, 2])
+    with pytest.raises(ImportError, match=r"pip install 'wsrpc\[fast\]'"):
+        MsgpackCodec(use_msgspec=True)
 
 
 # -- round trips ---------------------------------------------------------------
