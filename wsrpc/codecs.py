@@ -635,9 +635,7 @@ def _flat_packer(use_msgspec: bool | None) -> Callable[[Any], bytes] | None:
         from msgspec.msgpack import Encoder
     except ImportError:
         if use_msgspec:
-            raise ImportError(
-                "use_msgspec=True needs msgspec: pip install 'wsrpc[fast]'"
-            ) from None
+            raise ImportError("use_msgspec=True needs msgspec: pip install 'wsrpc[fast]'") from None
         return None
     return Encoder().encode
 

@@ -162,6 +162,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         "_assembler",
         "_close_timeout",
         "_closing",
+        "_direct",
         "_drain_waiters",
         "_gone",
         "_gone_waiters",
@@ -183,6 +184,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         "_received",
         "_remote_ip",
         "_sent",
+        "_socket",
         "_stall_timeout",
         "_stall_timer",
         "_transport",
@@ -190,6 +192,7 @@ class PicowsChannel(CallbackChannel, WSListener):
     )
 
     _transport: WSTransport  # set by on_ws_connected, before anyone sees the channel
+    _socket: asyncio.Transport  # its underlying_transport: a property, read on every send
     writing_paused: bool  # a slot rather than a property: read after every send
 
     def __init__(
@@ -211,6 +214,11 @@ class PicowsChannel(CallbackChannel, WSListener):
         self._remote_ip = ""
         # receiving
         self._on_message: MessageCallback | None = None
+        # _on_message while a whole binary frame may go straight to it: a
+        # callback set, nothing held, no fragmented message under way, not
+        # paused, not closing (see _route()). One slot read on every frame
+        # instead of five.
+        self._direct: MessageCallback | None = None
         self._on_lost: LostCallback | None = None
         self._on_close_frame: CloseFrameCallback | None = None
         # Messages not delivered yet: those that arrived before start(), and
@@ -245,7 +253,8 @@ class PicowsChannel(CallbackChannel, WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        peer = transport.underlying_transport.get_extra_info("peername")
+        self._socket = transport.underlying_transport
+        peer = self._socket.get_extra_info("peername")
         if peer:
             self._remote_ip = str(peer[0])
         if self._on_connected is not None:
@@ -254,14 +263,12 @@ class PicowsChannel(CallbackChannel, WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         if msg_type is _BINARY:
-            on_message = self._on_message
+            on_message = self._direct
             if (
-                frame.fin
-                and on_message is not None
-                and not (self._closing or self._reading_paused or transport.is_close_frame_sent)
-                and self._held is None
-                and not self._assembler.in_message
+                on_message is not None
+                and frame.fin
                 and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+                and not transport.is_close_frame_sent
             ):
                 # Nearly every wsrpc message: one whole binary frame, within
                 # max_frame_size (picows' bound, which is max_message_size),
@@ -308,6 +315,7 @@ class PicowsChannel(CallbackChannel, WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
         self._assembler.reset()
+        self._direct = None
         self.writing_paused = False
         self._pending_pong = None
         _wake(self._drain_waiters)
@@ -348,7 +356,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         self._pending_pong = None
         transport = self._transport
         if not (self._gone or self._closing or transport.is_close_frame_sent):
-            if not transport.underlying_transport.is_closing():
+            if not self._socket.is_closing():
                 transport.send_pong(pong)
 
     def resume_writing(self) -> None:
@@ -402,6 +410,8 @@ class PicowsChannel(CallbackChannel, WSListener):
             except AssemblyError as exc:
                 self._fail(exc.code, exc.reason)
                 return
+            finally:
+                self._route()  # a fragmented message may have begun or ended
             if message is None:
                 return  # a fragment of a message under way
         on_message = self._on_message
@@ -414,8 +424,27 @@ class PicowsChannel(CallbackChannel, WSListener):
         # channel holds is bounded by one read.
         if self._held is None:
             self._held = deque()
+            self._direct = None
         self._held.append(message)
         self._held_size += len(message)
+
+    def _route(self) -> None:
+        """Let whole binary frames go straight to the callback, or not (see ``_direct``)."""
+        held_up = (
+            self._closing
+            or self._reading_paused
+            or self._held is not None
+            or self._assembler.in_message
+        )
+        self._direct = None if held_up else self._on_message
+
+    def _deliver_held(self) -> None:
+        super()._deliver_held()
+        self._route()  # what was held is delivered, or reading paused again
+
+    def _drop_callbacks(self) -> None:
+        super()._drop_callbacks()
+        self._direct = None
 
     def _close_frame(self, frame: WSFrame) -> None:
         code = frame.get_close_code().value or _NO_STATUS
@@ -437,7 +466,8 @@ class PicowsChannel(CallbackChannel, WSListener):
         # its read buffer wait in _held.
         if not self._reading_paused and not self._gone:
             self._reading_paused = True
-            self._transport.underlying_transport.pause_reading()
+            self._direct = None
+            self._socket.pause_reading()
             self._loss_timer = self._loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
 
     def resume_reading(self) -> None:
@@ -451,17 +481,16 @@ class PicowsChannel(CallbackChannel, WSListener):
             if self._closing:
                 self._held = None  # as frames that arrive once closing has begun
                 self._held_size = 0
-            self._deliver_held()
+            self._deliver_held()  # routes
             if not self._reading_paused and not self._gone:
-                self._transport.underlying_transport.resume_reading()
+                self._socket.resume_reading()
 
     def _check_lost(self) -> None:
         """While reading is paused: has the peer reset or closed the connection?"""
         self._loss_timer = None
         if self._gone or not self._reading_paused:
             return
-        underlying = self._transport.underlying_transport
-        if socket_gone(underlying.get_extra_info("socket")):
+        if socket_gone(self._socket.get_extra_info("socket")):
             self.abort()  # on_ws_disconnected reports it
             return
         self._loss_timer = self._loop.call_later(LOSS_POLL_INTERVAL, self._check_lost)
@@ -473,11 +502,7 @@ class PicowsChannel(CallbackChannel, WSListener):
         # The socket may be gone before picows reports it (a write failed
         # while a batch of calls is being answered): writing on would only
         # make aiofastnet warn once per write.
-        if (
-            self._closing
-            or transport.is_close_frame_sent
-            or transport.underlying_transport.is_closing()
-        ):
+        if self._closing or transport.is_close_frame_sent or self._socket.is_closing():
             raise self._closed_error()
         # picows encodes a str to UTF-8 itself.
         transport.send(_TEXT if type(data) is str else _BINARY, data)
@@ -510,6 +535,7 @@ class PicowsChannel(CallbackChannel, WSListener):
 
     def abort(self) -> None:
         self._closing = True
+        self._direct = None
         if not self._gone:
             self._transport.disconnect(graceful=False)
 
@@ -531,12 +557,7 @@ class PicowsChannel(CallbackChannel, WSListener):
 
     @property
     def is_closing(self) -> bool:
-        transport = self._transport
-        return (
-            self._closing
-            or transport.is_close_frame_sent
-            or transport.underlying_transport.is_closing()
-        )
+        return self._closing or self._transport.is_close_frame_sent or self._socket.is_closing()
 
     @property
     def close_frames(self) -> CloseFrames:
@@ -555,6 +576,7 @@ class PicowsChannel(CallbackChannel, WSListener):
 
     def _send_close(self, code: int, reason: str) -> None:
         self._closing = True
+        self._direct = None
         self._sent = (code, reason)
         self.resume_reading()  # only the close frame is left to read
         transport = self._transport
