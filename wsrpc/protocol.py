@@ -102,6 +102,26 @@ class RpcProtocol:
         send_tracebacks: Whether error replies carry the provider's traceback.
     """
 
+    __slots__ = (
+        "_batcher",
+        "_lean",
+        "_next_uid",
+        "_open_lean",
+        "codec",
+        "credit",
+        "incoming",
+        "max_calls",
+        "max_size",
+        "outgoing",
+        "peer_max_calls",
+        "peer_max_size",
+        "peer_streams",
+        "phase",
+        "send_tracebacks",
+        "side",
+        "streams",
+    )
+
     def __init__(
         self,
         side: Side,

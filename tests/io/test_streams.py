@@ -171,14 +171,15 @@ async def test_items_held_for_the_user_are_bounded_in_bytes(
         comm = connector._communicator
         assert comm is not None
         full = asyncio.Event()  # set when the connection stops reading for it
-        update_reading = comm._update_reading
+        update_reading = _communicator.Communicator._update_reading
 
-        def watched() -> None:
-            update_reading()
-            if comm._streams_full:
+        def watched(self: _communicator.Communicator) -> None:
+            update_reading(self)
+            if self is comm and comm._streams_full:
                 full.set()
 
-        monkeypatch.setattr(comm, "_update_reading", watched)
+        # On the class: a communicator has slots, no instance attributes.
+        monkeypatch.setattr(_communicator.Communicator, "_update_reading", watched)
         stream = aiter(remote.grower(600, 200, size))
         for expected in range(600):  # the window grows on these
             assert await anext(stream) == expected
