@@ -484,21 +484,27 @@ class Communicator:
         # of its own: one frame fewer per call.
         if self.closed is not None:
             raise self._closed_error()
-        serving = _serving.get()
         parent = None
+        serving = _serving.get()
         if serving is not None and serving[0] is self and serving[1] in self._running:
             parent = serving[1]  # made while serving that call, which still runs
         # A nested call takes no slot: its ancestors hold them (see above).
         slot = parent is None
+        waited = False
         if slot:
             if self._slots > 0:
                 self._slots -= 1
             else:
                 await self._wait_for_slot()
+                waited = True
         try:
-            if self.closed is not None:
-                raise self._closed_error()
+            if waited and self.closed is not None:
+                raise self._closed_error()  # closed while this call waited
             uid, frame = self._protocol.send_call(path, args, kwargs or None, parent)
+            # The arguments are in the frame now. Dropped, a tuple of them
+            # is one object fewer for the collector to go through for as
+            # long as the call waits (the caller holds the values anyway).
+            del args, kwargs
             future = self._loop.create_future()
             self._pending[uid] = future
             channel = self._channel
