@@ -111,7 +111,7 @@ class RemoteCall(Coroutine[Any, Any, Any]):
     _driver: Driver
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any]
-    _stream: AsyncIterator[Any] | None
+    _stream: AsyncIterator[Any]  # set once iterated (see __aiter__)
 
     @property
     def coroutine(self) -> Coroutine[Any, Any, Any]:
@@ -138,7 +138,7 @@ class RemoteCall(Coroutine[Any, Any, Any]):
         self._coro.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        stream = self._stream
+        stream: AsyncIterator[Any] | None = getattr(self, "_stream", None)  # unset: not iterated
         if stream is None:
             self._coro.close()  # iterated, not awaited: no "never awaited" warning
             stream = self._stream = self._driver._open_stream(self._args, self._kwargs)
@@ -147,7 +147,7 @@ class RemoteCall(Coroutine[Any, Any, Any]):
     async def aclose(self) -> None:
         """Stop the stream this call was iterated as (cancelling it on the peer)."""
         self._coro.close()
-        stream = self._stream
+        stream = getattr(self, "_stream", None)
         close = getattr(stream, "aclose", None)
         if close is not None:
             await close()
@@ -223,6 +223,12 @@ class Driver:
     (see :func:`wsrpc.dispatch.is_remote_name`).
     """
 
+    # Its own attributes in slots, read on every call; the child drivers in
+    # the instance dict, where attribute access finds them without calling
+    # __getattr__. (Slot names with two leading underscores are mangled as
+    # the attributes are.)
+    __slots__ = ("__dict__", "__link", "__path", "__timeout")
+
     def __init__(self, link: Link, path: str, timeout: float | None) -> None:
         self.__link = link
         self.__path = path
@@ -245,7 +251,6 @@ class Driver:
         call._driver = self
         call._args = args
         call._kwargs = kwargs
-        call._stream = None
         return call
 
     def _open_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
