@@ -449,13 +449,17 @@ class MsgpackCodec:
             # small frame with no 16- or 32-bit container header to walk, or
             # too short for the walk to matter: see _UNWALKED_SIZE).
             try:
-                obj = _unpackb(
-                    frame,
-                    ext_hook=_refuse_ext,
-                    timestamp=3,
-                    max_array_len=self._len_limit,
-                    max_map_len=self._len_limit,
-                )
+                limit = self._len_limit
+                if limit < 0:  # msgpack's default: the frame's length (two arguments fewer)
+                    obj = _unpackb(frame, ext_hook=_refuse_ext, timestamp=3)
+                else:
+                    obj = _unpackb(
+                        frame,
+                        ext_hook=_refuse_ext,
+                        timestamp=3,
+                        max_array_len=limit,
+                        max_map_len=limit,
+                    )
             except ProtocolError:
                 raise
             except Exception as exc:  # msgpack raises ValueError subclasses and others
