@@ -474,7 +474,7 @@ class Communicator:
 
         The call function of a :class:`~wsrpc.driver.Link` while the
         connection is open. ``timeout`` None means the ``call_timeout``;
-        infinity, none.
+        ``math.inf`` means none.
         """
         if timeout is None:
             timeout = self._call_timeout
