@@ -151,12 +151,13 @@ class Channel(abc.ABC):
         it): a transport may hand large messages over without copying them
         first, as wsrpc's decoder copies out what it keeps. Messages that
         arrived before the first ``start()`` were held and are delivered by
-        it, synchronously, before it returns. ``on_close_frame(code, reason)`` runs when the peer
-        starts the closing handshake (not when it answers ours).
-        ``on_lost()`` runs once, after the last message, when the connection
-        is gone (closed cleanly, dropped or aborted); if it is already gone,
-        ``start()`` calls the ``on_lost`` it was given before returning, so
-        that each owner of the callbacks hears of the loss.
+        it, synchronously, before it returns. ``on_close_frame(code,
+        reason)`` runs when the peer starts the closing handshake (not when
+        it answers ours). ``on_lost()`` runs once, after the last message,
+        when the connection is gone (closed cleanly, dropped or aborted); if
+        it is already gone, ``start()`` calls the ``on_lost`` it was given
+        before returning, so that each owner of the callbacks hears of the
+        loss.
         """
 
     @abc.abstractmethod
