@@ -275,6 +275,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
             communicator.call,
             communicator.stream,
             None if types is None else types[protocol.codec.binary].wrap,
+            start=communicator.start,
         )
         if channel.needs_round_trip:
             channel.set_round_trip(functools.partial(_probe, communicator, None))

@@ -345,7 +345,12 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         )
         # A reconnecting connector's drivers go through _call_or_wait, for good.
         if self._policy is None:
-            self._drivers.open(communicator.call, communicator.stream, self._conversion())
+            self._drivers.open(
+                communicator.call,
+                communicator.stream,
+                self._conversion(),
+                start=communicator.start,
+            )
         else:
             self._drivers.open(self._call_or_wait, self._stream_or_wait, self._conversion())
         self._state = ConnectorState.OPEN

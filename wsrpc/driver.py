@@ -19,6 +19,9 @@ no asyncio, no socket, no WebSocket library.
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, NoReturn
@@ -32,6 +35,15 @@ CallFunction = Callable[
     [str, tuple[Any, ...], dict[str, Any], "float | None"], Coroutine[Any, Any, Any]
 ]
 """``call(path, args, kwargs, timeout)``: the coroutine that makes one remote call."""
+
+StartFunction = Callable[
+    [str, tuple[Any, ...], dict[str, Any], "float | None"], Generator[Any, None, Any]
+]
+"""``start(path, args, kwargs, timeout)``: one remote call as the iterator an
+``await`` runs (its return value is the call's result): what a driver's
+call runs when it is awaited. A :data:`CallFunction`'s coroutine, iterated,
+is one (see :func:`_started`); an open connection's is a generator, a frame
+fewer per call than a coroutine wrapped by ``__await__``."""
 
 StreamFunction = Callable[
     [str, tuple[Any, ...], dict[str, Any], "float | None"], AsyncIterator[Any]
@@ -97,32 +109,44 @@ class RemoteCall(Coroutine[Any, Any, Any]):
     which: ``async def add(...) -> int`` is awaited, ``def ticks(...) ->
     AsyncIterator[int]`` iterated, and mypy holds the caller to it.
 
-    Nothing is sent until the call is awaited or iterated. A call that is
-    neither is reported by Python's "coroutine ... was never awaited"
-    warning, as a forgotten coroutine is.
+    Nothing is sent until the call is awaited or iterated, and it is
+    either, once. A call that is neither is a forgotten ``await``: mypy
+    reports it (``unused-coroutine``), and so does this object, with a
+    :exc:`RuntimeWarning` "... was never awaited" when it is dropped, in
+    asyncio's debug mode (``python -X dev`` or ``PYTHONASYNCIODEBUG=1``).
+    Only then: unlike a coroutine, this object is made of nothing that
+    warns by itself, and a check when every call is dropped cost as much as
+    the coroutine it saved.
     """
 
-    __slots__ = ("_args", "_coro", "_driver", "_kwargs", "_stream")
+    __slots__ = ("_args", "_driver", "_kwargs", "_started", "_stream")
 
     # Made by Driver.__call__ alone, which fills the slots itself: a Python
     # __init__ runs as a call from C, some 550 of the 39,000 instructions a
     # client spends on a call (callgrind).
-    _coro: Coroutine[Any, Any, Any]
     _driver: Driver
-    _args: tuple[Any, ...]
+    _args: tuple[Any, ...] | None  # None once awaited, iterated or closed
     _kwargs: dict[str, Any]
+    _started: Generator[Any, None, Any]  # set by send() and throw() (see send)
     _stream: AsyncIterator[Any]  # set once iterated (see __aiter__)
 
-    @property
-    def coroutine(self) -> Coroutine[Any, Any, Any]:
-        """The coroutine of the plain call (what ``await`` runs)."""
-        return self._coro
-
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._coro.__await__()
+        args = self._args
+        if args is None:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        self._args = None
+        driver = self._driver
+        return driver._link.start(driver._path, args, self._kwargs, driver._timeout)
+
+    # The coroutine protocol, for asyncio.create_task(), gather() and
+    # run_coroutine_threadsafe(), which step a coroutine rather than await it.
 
     def send(self, value: Any) -> Any:
-        return self._coro.send(value)
+        try:
+            started = self._started
+        except AttributeError:
+            started = self._started = self.__await__()
+        return started.send(value)
 
     def throw(
         self,
@@ -130,23 +154,36 @@ class RemoteCall(Coroutine[Any, Any, Any]):
         val: Any = None,
         tb: TracebackType | None = None,
     ) -> Any:
+        try:
+            started = self._started
+        except AttributeError:
+            # Thrown into before its first step: raised there, as into a
+            # coroutine that has not started, and nothing is sent.
+            self._args = None
+            started = self._started = _not_started()
         if val is None and tb is None:
-            return self._coro.throw(typ)
-        return self._coro.throw(typ, val, tb)
+            return started.throw(typ)
+        return started.throw(typ, val, tb)
 
     def close(self) -> None:
-        self._coro.close()
+        started = getattr(self, "_started", None)
+        if started is not None:
+            started.close()
+        self._args = None
 
     def __aiter__(self) -> AsyncIterator[Any]:
         stream: AsyncIterator[Any] | None = getattr(self, "_stream", None)  # unset: not iterated
         if stream is None:
-            self._coro.close()  # iterated, not awaited: no "never awaited" warning
-            stream = self._stream = self._driver._open_stream(self._args, self._kwargs)
+            args = self._args
+            if args is None:
+                raise RuntimeError("cannot iterate a call that was awaited")
+            self._args = None
+            stream = self._stream = self._driver._open_stream(args, self._kwargs)
         return stream
 
     async def aclose(self) -> None:
         """Stop the stream this call was iterated as (cancelling it on the peer)."""
-        self._coro.close()
+        self.close()
         stream = getattr(self, "_stream", None)
         close = getattr(stream, "aclose", None)
         if close is not None:
@@ -154,6 +191,47 @@ class RemoteCall(Coroutine[Any, Any, Any]):
 
     def __repr__(self) -> str:
         return f"<wsrpc.RemoteCall {self._driver!r}>"
+
+
+class _ReportedCall(RemoteCall):
+    """A :class:`RemoteCall` that warns when it is dropped unused (debug mode only)."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        if self._args is not None:
+            warnings.warn(
+                f"wsrpc call {self._driver._path!r} was never awaited",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+
+def _debug_mode() -> bool:
+    """Whether asyncio runs in debug mode by default (what asyncio itself tests)."""
+    return sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    )
+
+
+_call_type: type[RemoteCall] = _ReportedCall if _debug_mode() else RemoteCall
+"""What a driver's call makes: a :class:`RemoteCall`, warning when unused in debug mode."""
+
+
+def _not_started() -> Generator[Any, None, Any]:
+    """A generator that raises whatever is thrown into it (a call thrown into unstarted)."""
+    yield  # pragma: no cover - never resumed: throw() before the first step raises
+
+
+def _started(
+    call: CallFunction,
+    path: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Generator[Any, None, Any]:
+    """The :data:`StartFunction` of a :data:`CallFunction`: its coroutine's iterator."""
+    return call(path, args, kwargs, timeout).__await__()
 
 
 async def _refuse_not_open(
@@ -180,26 +258,37 @@ class Link:
     One per acceptor or connector, made with it. Its :attr:`call` is, in
     turn: a refusal with :exc:`StateError` (not open yet), the open
     connection's own call function (so an open call costs no extra step),
-    and a refusal with :exc:`ConnectionClosedError` (closed). The refusals
-    are partials of module functions, not bound methods, so that nothing in
-    a closed link points back at the connection or at the link itself.
+    and a refusal with :exc:`ConnectionClosedError` (closed); :attr:`start`
+    is the same call as a :data:`StartFunction`, what an awaited driver call
+    runs. The refusals are partials of module functions, not bound methods,
+    so that nothing in a closed link points back at the connection or at
+    the link itself.
     """
 
-    __slots__ = ("call", "stream")
+    __slots__ = ("call", "start", "stream")
 
     def __init__(self, not_open: str) -> None:
         """``not_open`` ends the message of calls made before the connection opens."""
         self.call: CallFunction = functools.partial(_refuse_not_open, not_open)
+        self.start: StartFunction = functools.partial(_started, self.call)
         self.stream: StreamFunction = functools.partial(_refused_stream, self.call)
 
-    def open(self, call: CallFunction, stream: StreamFunction) -> None:
-        """Send calls with ``call`` and streams with ``stream`` from now on."""
+    def open(
+        self, call: CallFunction, stream: StreamFunction, start: StartFunction | None = None
+    ) -> None:
+        """
+        Send calls with ``call`` and streams with ``stream`` from now on;
+        awaited calls with ``start``, the same calls (``call``'s own
+        coroutine, iterated, when None).
+        """
         self.call = call
+        self.start = functools.partial(_started, call) if start is None else start
         self.stream = stream
 
     def close(self, code: int, reason: str) -> None:
         """Fail calls with ``ConnectionClosedError(code, reason)`` from now on."""
         self.call = functools.partial(_refuse_closed, code, reason)
+        self.start = functools.partial(_started, self.call)
         self.stream = functools.partial(_refused_stream, self.call)
 
 
@@ -223,31 +312,30 @@ class Driver:
     (see :func:`wsrpc.dispatch.is_remote_name`).
     """
 
-    # Its own attributes in slots, read on every call; the child drivers in
-    # the instance dict, where attribute access finds them without calling
-    # __getattr__. (Slot names with two leading underscores are mangled as
-    # the attributes are.)
-    __slots__ = ("__dict__", "__link", "__path", "__timeout")
+    # Its own attributes in slots, read on every call (by RemoteCall too);
+    # the child drivers in the instance dict, where attribute access finds
+    # them without calling __getattr__. A slot's name starts with "_", which
+    # no remote name does: it never hides a remote method.
+    __slots__ = ("__dict__", "_link", "_path", "_timeout")
 
     def __init__(self, link: Link, path: str, timeout: float | None) -> None:
-        self.__link = link
-        self.__path = path
-        self.__timeout = timeout
+        self._link = link
+        self._path = path
+        self._timeout = timeout
 
     def __getattr__(self, name: str) -> Driver:
         if not is_remote_name(name):
             raise AttributeError(name)
-        path = f"{self.__path}.{name}" if self.__path else name
-        child = Driver(self.__link, path, self.__timeout)
+        path = f"{self._path}.{name}" if self._path else name
+        child = Driver(self._link, path, self._timeout)
         # Cache in the instance dict: __getattr__ is not consulted next time.
         self.__dict__[name] = child
         return child
 
     def __call__(self, *args: Any, **kwargs: Any) -> RemoteCall:
-        if not self.__path:
+        if not self._path:
             raise TypeError("the driver itself is not callable; call one of its methods")
-        call = _new_call(RemoteCall)
-        call._coro = self.__link.call(self.__path, args, kwargs, self.__timeout)
+        call = _new_call(_call_type)
         call._driver = self
         call._args = args
         call._kwargs = kwargs
@@ -255,10 +343,10 @@ class Driver:
 
     def _open_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """The stream of this method with these arguments (see :class:`RemoteCall`)."""
-        return self.__link.stream(self.__path, args, kwargs, self.__timeout)
+        return self._link.stream(self._path, args, kwargs, self._timeout)
 
     def __repr__(self) -> str:
-        return f"<wsrpc.Driver {self.__path or '(root)'}>"
+        return f"<wsrpc.Driver {self._path or '(root)'}>"
 
 
 class Drivers:
@@ -304,20 +392,23 @@ class Drivers:
         stream: StreamFunction,
         convert: Callable[[CallFunction, StreamFunction], tuple[CallFunction, StreamFunction]]
         | None = None,
+        start: StartFunction | None = None,
     ) -> None:
         """
         The connection is open: calls go through ``call``, streams through
-        ``stream``; the drivers' own pass through ``convert`` first, when
-        given (see :class:`wsrpc.validation.RemoteTypes`).
+        ``stream``, awaited driver calls through ``start`` when given (the
+        same calls, see :class:`Link`); the drivers' own pass through
+        ``convert`` first, when given (see
+        :class:`wsrpc.validation.RemoteTypes`).
         """
         if convert is None:
-            self._link.open(call, stream)
+            self._link.open(call, stream, start)
             if self._plain is not self._link:
-                self._plain.open(call, stream)
+                self._plain.open(call, stream, start)
             return
         if self._plain is self._link:
             self._plain = Link(self._not_open)
-        self._plain.open(call, stream)
+        self._plain.open(call, stream, start)
         self._link.open(*convert(call, stream))
 
     def call(

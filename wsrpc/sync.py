@@ -127,7 +127,7 @@ class SyncDriver:
             call.close()  # never scheduled: no "never awaited" warning
             raise
         try:
-            return portal.run(call.coroutine, action)
+            return portal.run(call, action)
         except RemoteError as exc:
             if exc.name != "StreamRequired":
                 raise

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +27,7 @@ import msgpack
 import pytest
 
 from wsrpc import _communicator
+from wsrpc import driver as driver_module
 from wsrpc._communicator import (
     MAX_CREDIT,
     STREAM_MAX_WINDOW,
@@ -639,8 +643,104 @@ async def test_iterating_a_call_streams_and_awaits_nothing() -> None:
     assert opened == [("ticks", (3,))]
 
 
-def test_a_call_neither_awaited_nor_iterated_is_reported() -> None:
+def test_a_call_neither_awaited_nor_iterated_is_reported_in_debug_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(driver_module, "_call_type", driver_module._ReportedCall)
     driver = _driver_calling(_answer)
-    with pytest.warns(RuntimeWarning, match="was never awaited"):
+    with pytest.warns(RuntimeWarning, match="wsrpc call 'add' was never awaited"):
         driver.add(1, 2)
         gc.collect()
+
+
+async def test_a_call_awaited_iterated_or_closed_is_not_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(driver_module, "_call_type", driver_module._ReportedCall)
+
+    async def items() -> AsyncIterator[int]:
+        yield 1
+
+    driver = _driver_calling(_answer, lambda *_: items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert await driver.add(1) == ("add", [1])
+        assert [item async for item in driver.ticks()] == [1]
+        driver.sub(2).close()
+        gc.collect()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ([], {}, "RemoteCall"),
+        (["-X", "dev"], {}, "_ReportedCall"),
+        ([], {"PYTHONASYNCIODEBUG": "1"}, "_ReportedCall"),
+    ],
+)
+def test_debug_mode_is_what_asyncio_calls_it(
+    flags: list[str], env: dict[str, str], expected: str
+) -> None:
+    unset = ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
+    done = subprocess.run(
+        [sys.executable, *flags, "-c", "import wsrpc.driver as d; print(d._call_type.__name__)"],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == expected
+
+
+async def test_a_call_is_sent_once() -> None:
+    made: list[str] = []
+
+    async def answer(path: str, args: Any, kwargs: Any, timeout: Any) -> Any:
+        made.append(path)
+        return len(made)
+
+    async def items() -> AsyncIterator[int]:
+        yield 1
+
+    def stream(path: str, args: Any, kwargs: Any, timeout: Any) -> AsyncIterator[int]:
+        made.append(path)
+        return items()
+
+    driver = _driver_calling(answer, stream)
+    call = driver.add(1)
+    assert await call == 1
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await call
+    with pytest.raises(RuntimeError, match="was awaited"):
+        call.__aiter__()
+    ticks = driver.ticks()
+    assert [item async for item in ticks] == [1]
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await ticks
+    assert made == ["add", "ticks"]
+
+
+async def test_a_call_thrown_into_or_closed_before_its_first_step_sends_nothing() -> None:
+    made: list[str] = []
+
+    async def answer(path: str, args: Any, kwargs: Any, timeout: Any) -> Any:
+        made.append(path)
+        return 0
+
+    driver = _driver_calling(answer)
+    thrown = driver.add(1)
+    with pytest.raises(ValueError, match="thrown"):
+        thrown.throw(ValueError("thrown"))
+    with pytest.raises(StopIteration):
+        thrown.send(None)  # finished: nothing left to run
+    closed = driver.add(2)
+    closed.close()
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await closed
+    stepped = driver.add(3)
+    with pytest.raises(StopIteration) as returned:
+        stepped.send(None)  # the coroutine protocol: one step runs the whole call here
+    assert returned.value.value == 0
+    assert made == ["add"]

@@ -211,6 +211,13 @@ def test_forgetting_await_is_an_error() -> None:
     assert "Coroutine" in report
 
 
+def test_a_call_left_unawaited_is_an_error() -> None:
+    # The run-time warning for it is asyncio's debug mode's alone (see RemoteCall).
+    report, status = check("calc.add(1, 2)")
+    assert status == 1
+    assert "[unused-coroutine]" in report
+
+
 def test_a_wrong_stream_item_type_is_an_error() -> None:
     report, status = check("async for tick in calc.ticks(3):\n        text: str = tick")
     assert status == 1
