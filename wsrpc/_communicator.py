@@ -368,10 +368,12 @@ class Communicator:
         protocol = self._protocol
         if not protocol.peer_streams:
             raise StateError(protocol.no_streams_reason(path))
-        serving = _serving.get()
         parent = None
-        if serving is not None and serving[0] is self and serving[1] in self._running:
-            parent = serving[1]
+        running = self._running
+        if running:  # as in start()
+            serving = _serving.get()
+            if serving is not None and serving[0] is self and serving[1] in running:
+                parent = serving[1]
         slot = parent is None
         if slot:
             if self._slots > 0:
@@ -379,8 +381,6 @@ class Communicator:
             else:
                 await self._wait_for_slot()
         try:
-            if self.closed is not None:
-                raise self._closed_error()
             uid, frame = protocol.send_call(path, list(args), kwargs or None, parent, STREAM_WINDOW)
         except BaseException:
             if slot:
@@ -508,21 +508,19 @@ class Communicator:
         if self.closed is not None:
             raise self._closed_error()
         parent = None
-        serving = _serving.get()
-        if serving is not None and serving[0] is self and serving[1] in self._running:
-            parent = serving[1]  # made while serving that call, which still runs
+        running = self._running
+        if running:  # else no call of the peer's runs here: this call nests in none
+            serving = _serving.get()
+            if serving is not None and serving[0] is self and serving[1] in running:
+                parent = serving[1]  # made while serving that call, which still runs
         # A nested call takes no slot: its ancestors hold them (see above).
         slot = parent is None
-        waited = False
         if slot:
             if self._slots > 0:
                 self._slots -= 1
             else:
                 yield from self._wait_for_slot().__await__()
-                waited = True
         try:
-            if waited and self.closed is not None:
-                raise self._closed_error()  # closed while this call waited
             uid, frame = self._protocol.send_call(path, args, kwargs or None, parent)
             # The arguments are in the frame now. Dropped, a tuple of them
             # is one object fewer for the collector to go through for as
@@ -572,6 +570,11 @@ class Communicator:
                     self._slots += 1  # what _release_slot() does when nobody waits
 
     async def _wait_for_slot(self) -> None:
+        """
+        Wait until a slot is handed to this call. Raises
+        :exc:`ConnectionClosedError` if the connection closed meanwhile (the
+        slot passed on), :exc:`asyncio.CancelledError` if cancelled.
+        """
         if self._slot_waiters is None:
             self._slot_waiters = deque()
         waiter = self._loop.create_future()
@@ -582,6 +585,9 @@ class Communicator:
             if waiter.done() and not waiter.cancelled():
                 self._release_slot()  # handed a slot while being cancelled: pass it on
             raise
+        if self.closed is not None:
+            self._release_slot()  # closed while this call waited: pass it on
+            raise self._closed_error()
 
     def _release_slot(self) -> None:
         # A freed slot goes straight to the first caller still waiting, so

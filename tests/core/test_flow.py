@@ -182,3 +182,20 @@ async def test_closing_fails_pending_calls_and_cancels_running_ones() -> None:
     await asyncio.wait_for(server_closed.done.wait(), 5)
     assert gate.cancelled == 1 and gate.running == 0
     assert [info.code for info in client_closed.infos + server_closed.infos] == [4000, 4000]
+
+
+async def test_closing_fails_the_calls_waiting_for_a_slot_too() -> None:
+    client_end, server_end = channel_pair()
+    client_protocol, server_protocol = open_protocols(server_max_calls=1)
+    gate = Gate()
+    communicator(server_end, server_protocol, gate)
+    client, _ = communicator(client_end, client_protocol, None)
+    calls = [asyncio.ensure_future(client.call("wait", (tag,), {}, None)) for tag in range(3)]
+    await settle()
+    assert gate.running == 1 and server_end.delivered == 1  # two wait for the one slot
+    await asyncio.wait_for(client.close(4000, "bye"), 5)
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert [(type(exc).__name__, getattr(exc, "code", None)) for exc in outcomes] == [
+        ("ConnectionClosedError", 4000)
+    ] * 3
+    assert server_end.delivered == 1  # the waiting calls were never sent
