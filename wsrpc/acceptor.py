@@ -274,7 +274,7 @@ class WebSocketAcceptor(Generic[HeaderT, ProviderT, RemoteT]):
         self._drivers.open(
             communicator.call,
             communicator.stream,
-            None if types is None else types[protocol.codec.binary].wrap,
+            None if types is None else types[protocol.codec.binary],
             start=communicator.start,
         )
         if channel.needs_round_trip:

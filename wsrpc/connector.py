@@ -356,7 +356,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
         self._state = ConnectorState.OPEN
         self._wake()
 
-    def _conversion(self) -> Any:
+    def _conversion(self) -> RemoteTypes | None:
         """
         With ``validate=True`` and a known ``Remote`` type, what converts the
         drivers' calls from its annotations (see ``docs/validation.md``).
@@ -369,7 +369,7 @@ class WebSocketConnector(Generic[HeaderT, ProviderT, RemoteT]):
                 return None
             native = NATIVE_MSGPACK if self._codec.binary else NATIVE_JSON
             self._remote_types = RemoteTypes(remote, native)
-        return self._remote_types.wrap
+        return self._remote_types
 
     async def _next_header(self) -> HeaderT:
         """The header for this handshake: the value, or what its callable returns."""

@@ -24,12 +24,12 @@ import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from .dispatch import is_remote_name
 from .exceptions import ConnectionClosedError, StateError
 
-__all__ = ["DeferredStream", "Driver", "Drivers", "Link", "RemoteCall"]
+__all__ = ["Conversion", "DeferredStream", "Driver", "Drivers", "Link", "RemoteCall"]
 
 CallFunction = Callable[
     [str, tuple[Any, ...], dict[str, Any], "float | None"], Coroutine[Any, Any, Any]
@@ -50,6 +50,20 @@ StreamFunction = Callable[
 ]
 """``stream(path, args, kwargs, timeout)``: the async iterator of one remote
 stream; nothing is sent before its first ``__anext__``."""
+
+
+class Conversion(Protocol):
+    """
+    What converts the values of a connection's calls to and from the
+    caller's types (:class:`wsrpc.validation.RemoteTypes`, with
+    ``validate=True``): it wraps the functions that send them.
+    """
+
+    def wrap(
+        self, call: CallFunction, stream: StreamFunction
+    ) -> tuple[CallFunction, StreamFunction]: ...
+
+    def wrap_start(self, start: StartFunction) -> StartFunction: ...
 
 
 class DeferredStream:
@@ -403,16 +417,14 @@ class Drivers:
         self,
         call: CallFunction,
         stream: StreamFunction,
-        convert: Callable[[CallFunction, StreamFunction], tuple[CallFunction, StreamFunction]]
-        | None = None,
+        convert: Conversion | None = None,
         start: StartFunction | None = None,
     ) -> None:
         """
         The connection is open: calls go through ``call``, streams through
         ``stream``, awaited driver calls through ``start`` when given (the
         same calls, see :class:`Link`); the drivers' own pass through
-        ``convert`` first, when given (see
-        :class:`wsrpc.validation.RemoteTypes`).
+        ``convert`` first, when given.
         """
         if convert is None:
             self._link.open(call, stream, start)
@@ -422,7 +434,12 @@ class Drivers:
         if self._plain is self._link:
             self._plain = Link(self._not_open)
         self._plain.open(call, stream, start)
-        self._link.open(*convert(call, stream))
+        converted_call, converted_stream = convert.wrap(call, stream)
+        self._link.open(
+            converted_call,
+            converted_stream,
+            None if start is None else convert.wrap_start(start),
+        )
 
     def call(
         self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None

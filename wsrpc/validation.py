@@ -55,11 +55,11 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any, cast
 
 from .dispatch import is_remote_name
-from .driver import CallFunction, DeferredStream, StreamFunction
+from .driver import CallFunction, DeferredStream, StartFunction, StreamFunction
 from .exceptions import EncodeError, ValidationError
 
 __all__ = [
@@ -769,6 +769,21 @@ async def _converted_call(
     return value if signature.result is None else signature.result(value)
 
 
+def _converted_start(
+    start: StartFunction,
+    signature: Signature,
+    path: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Generator[Any, None, Any]:
+    """:func:`_converted_call` as a generator, around a :data:`~wsrpc.driver.StartFunction`."""
+    if signature.encodes:
+        args, kwargs = signature.encode(args, kwargs)
+    value = yield from start(path, args, kwargs, timeout)
+    return value if signature.result is None else signature.result(value)
+
+
 class ConvertedItems:
     """
     The items of ``inner``, each passed through ``convert``: a stream's items
@@ -894,3 +909,29 @@ class RemoteTypes:
             return DeferredStream(opener)
 
         return converted_call, converted_stream
+
+    def wrap_start(self, start: StartFunction) -> StartFunction:
+        """
+        ``start`` (what an awaited driver call runs, see
+        :data:`~wsrpc.driver.StartFunction`) converting as :meth:`wrap`'s
+        calls do, in a generator rather than a coroutine; the same function
+        when the Protocol converts nothing.
+        """
+        if self.converts_nothing():
+            return start
+        signature_of = self.signature
+        known = self._signatures
+
+        def converted_start(
+            path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        ) -> Generator[Any, None, Any]:
+            # Called where the call is awaited: an annotation that fails
+            # raises there, as it does from wrap()'s calls.
+            signature = known.get(path, _MISSING)  # the common case, inlined
+            if signature is _MISSING:
+                signature = signature_of(path)
+            if signature is None:
+                return start(path, args, kwargs, timeout)
+            return _converted_start(start, signature, path, args, kwargs, timeout)
+
+        return converted_start

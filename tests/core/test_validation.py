@@ -9,7 +9,7 @@ import decimal
 import enum
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Annotated, Any, Generic, Protocol, TypedDict, TypeVar
 
 import msgspec
@@ -370,6 +370,20 @@ class Wire:
 
         return items()
 
+    def start(
+        self, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Generator[Any, None, Any]:
+        self.sent.append((path, args, kwargs))
+        yield from ()  # a generator, as wsrpc.driver.StartFunction's are, that never waits
+        return self.reply
+
+
+def finish(steps: Generator[Any, None, Any]) -> Any:
+    """Run a generator that never suspends to its return value."""
+    with pytest.raises(StopIteration) as returned:
+        steps.send(None)
+    return returned.value.value
+
 
 async def test_arguments_go_in_their_wire_form_and_results_come_back_typed() -> None:
     wire = Wire({"x": 1, "y": 2})
@@ -378,6 +392,30 @@ async def test_arguments_go_in_their_wire_form_and_results_come_back_typed() -> 
     got = await call("inner.stamp", (Point(3, 4), when, (1, "a")), {}, None)
     assert got == Point(1, 2)
     assert wire.sent == [("inner.stamp", ({"x": 3, "y": 4}, when, (1, "a")), {})]
+
+
+def test_awaited_driver_calls_convert_as_calls_do() -> None:
+    wire = Wire({"x": 1, "y": 2})
+    start = validation.RemoteTypes(Outer).wrap_start(wire.start)
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    steps = start("inner.stamp", (Point(3, 4), when, (1, "a")), {}, None)
+    assert wire.sent == []  # nothing before the first step
+    assert finish(steps) == Point(1, 2)
+    assert wire.sent == [("inner.stamp", ({"x": 3, "y": 4}, when, (1, "a")), {})]
+    wire.reply = {"x": "1", "y": 2}
+    with pytest.raises(ValidationError, match=r"^result: Expected `int`, got `str`"):
+        finish(start("inner.stamp", (Point(0, 0), when, (0, "")), {}, None))
+    with pytest.raises(wsrpc.EncodeError, match="argument 'p'"):
+        finish(start("inner.stamp", (object(), None, None), {}, None))
+    assert len(wire.sent) == 2  # the bad argument sent nothing
+    # A path the Protocol does not declare goes to the wire's own function.
+    assert finish(start("nowhere", (Color.RED,), {}, None)) == {"x": "1", "y": 2}
+    assert wire.sent[-1] == ("nowhere", (Color.RED,), {})
+
+
+def test_a_protocol_converting_nothing_leaves_the_start_function_as_it_is() -> None:
+    wire = Wire(None)
+    assert validation.RemoteTypes(PlainRemote).wrap_start(wire.start) == wire.start
 
 
 async def test_non_string_keys_travel_as_text_and_come_back() -> None:
