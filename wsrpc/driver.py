@@ -193,7 +193,7 @@ class RemoteCall(Coroutine[Any, Any, Any]):
         if stream is None:
             args = self._args
             if args is None:
-                raise RuntimeError("cannot iterate a call that was awaited")
+                raise RuntimeError("cannot iterate a call that was awaited or closed")
             self._args = None
             route = self._route
             stream = self._stream = route.link.stream(route.path, args, self._kwargs, route.timeout)
@@ -237,7 +237,7 @@ _call_type: type[RemoteCall] = _ReportedCall if _debug_mode() else RemoteCall
 
 
 def _not_started() -> Generator[Any, None, Any]:
-    """A generator that raises whatever is thrown into it (a call thrown into unstarted)."""
+    """What raises whatever is thrown into it: a call thrown into before its first step."""
     yield  # pragma: no cover - never resumed: throw() before the first step raises
 
 
