@@ -496,8 +496,8 @@ class Communicator:
         than a coroutine, because a driver's ``RemoteCall.__await__`` can
         hand a generator to ``await`` as it is, where a coroutine would need
         a wrapper, which is one more object and one more step on each of the
-        call's two resumptions (some 1,500 of the 39,000 instructions a
-        client spends on a call, callgrind). Nothing runs before the first
+        call's two resumptions (some 1,600 instructions per call on the
+        client, callgrind, 4 % of its total then). Nothing runs before the first
         step. ``timeout`` None means the ``call_timeout``; ``math.inf`` means
         none.
         """

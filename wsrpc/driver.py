@@ -136,8 +136,8 @@ class RemoteCall(Coroutine[Any, Any, Any]):
     __slots__ = ("_args", "_kwargs", "_route", "_started", "_stream")
 
     # Made by Driver.__call__ alone, which fills the slots itself: a Python
-    # __init__ runs as a call from C, some 550 of the 39,000 instructions a
-    # client spends on a call (callgrind).
+    # __init__ runs as a call from C, some 550 instructions per call on the
+    # client (callgrind).
     _route: _Route
     _args: tuple[Any, ...] | None  # None once awaited, iterated or closed
     _kwargs: dict[str, Any]
